@@ -1,0 +1,114 @@
+"""Guards for a server that may be reached through a tunnel.
+
+* Uploads: size capped while streaming, type decided by the file's first bytes (never by its
+  name), pixel count capped so a small compressed file cannot expand into gigabytes.
+* Paths: a path sent by a client is only ever resolved inside one fixed root folder; ``..``,
+  absolute paths and symlinks that leave the root are refused.
+* Requests: the Host header must name this machine (defeats DNS rebinding) and a state-changing
+  request from a page of another origin is refused (defeats cross-site form posts).
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path, PurePosixPath
+from urllib.parse import urlsplit
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+# magic bytes -> (kind, suffix used when the upload is written to disk)
+_MAGIC: list[tuple[bytes, str, str]] = [
+    (b"\x89PNG\r\n\x1a\n", "png", ".png"),
+    (b"\xff\xd8\xff", "jpeg", ".jpg"),
+    (b"II*\x00", "tiff", ".tif"),
+    (b"MM\x00*", "tiff", ".tif"),
+    (b"II+\x00", "tiff", ".tif"),  # BigTIFF
+    (b"MM\x00+", "tiff", ".tif"),
+]
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
+_SAFE_NAME = re.compile(r"[^A-Za-z0-9._ -]+")
+
+
+class UploadRejected(Exception):
+    """An upload that is refused; ``status`` is the HTTP code to answer with."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def sniff_image_type(head: bytes) -> tuple[str, str]:
+    """(kind, suffix) from the first bytes of a file; refuses anything but PNG, JPEG, TIFF."""
+    for magic, kind, suffix in _MAGIC:
+        if head.startswith(magic):
+            return kind, suffix
+    raise UploadRejected(
+        415, "not a supported image: the file content is not PNG, JPEG or TIFF (its name is not checked, its bytes are)"
+    )
+
+
+def display_name(filename: str | None, fallback: str = "image") -> str:
+    """A client-supplied file name reduced to a harmless label (never used as a path)."""
+    name = PurePosixPath((filename or "").replace("\\", "/")).name
+    name = _SAFE_NAME.sub("_", name).strip(" .")
+    return (name or fallback)[:120]
+
+
+class PathRefused(Exception):
+    """A client path that would leave its root folder."""
+
+
+def safe_join(root: Path, relative: str) -> Path:
+    """``root / relative`` if it stays inside ``root`` (after resolving symlinks), else PathRefused."""
+    if not relative or "\x00" in relative:
+        raise PathRefused("empty path")
+    rel = PurePosixPath(relative.replace("\\", "/"))
+    if rel.is_absolute() or re.match(r"^[A-Za-z]:", relative):
+        raise PathRefused(f"{relative!r}: absolute paths are not accepted; give a path relative to the data folder")
+    if any(part == ".." for part in rel.parts):
+        raise PathRefused(f"{relative!r}: '..' is not allowed in paths")
+    root = root.resolve()
+    target = (root / Path(*rel.parts)).resolve()
+    if not target.is_relative_to(root):
+        raise PathRefused(f"{relative!r}: resolves outside the data folder")
+    return target
+
+
+def _host_only(value: str) -> str:
+    value = value.strip().lower()
+    if value.startswith("["):  # [::1]:8000
+        return value[: value.find("]") + 1]
+    return value.rsplit(":", 1)[0] if value.count(":") == 1 else value
+
+
+class RequestGuard:
+    """ASGI middleware: Host allow-list (optional) and same-origin check for unsafe methods."""
+
+    def __init__(self, app: ASGIApp, allowed_hosts: list[str] | None = None):
+        self.app = app
+        self.allowed = None if allowed_hosts is None else {h.lower() for h in allowed_hosts}
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope)
+        host_header = request.headers.get("host", "")
+        if self.allowed is not None and _host_only(host_header) not in self.allowed:
+            response = PlainTextResponse(
+                f"Host {host_header!r} is not allowed; open the app at http://127.0.0.1 or localhost "
+                "(or start the server with --host to accept other names).",
+                status_code=400,
+            )
+            await response(scope, receive, send)
+            return
+        origin = request.headers.get("origin")
+        if request.method not in ("GET", "HEAD", "OPTIONS") and origin is not None:
+            if urlsplit(origin).netloc.lower() != host_header.lower():
+                response = JSONResponse({"detail": f"cross-origin request from {origin} refused"}, status_code=403)
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)

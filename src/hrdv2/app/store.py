@@ -1,0 +1,301 @@
+"""The app's persistent state: an embedded SQLite database plus files under the project folder.
+
+Layout of ``project_dir``::
+
+    hrdv2.sqlite                 projects, images, classes, strokes (one row per stroke)
+    pixels/<sha256>.npy          decoded pages, content-addressed (uploads and --data images)
+    uploads/<sha256>.<ext>       uploaded originals, as received
+    cache/features/              feature cache (by content hash; survives restarts)
+    projects/<id>/model.skops    the last trained model
+    projects/<id>/predictions/   label maps and probabilities per image
+
+Each stroke is committed as soon as it arrives, so a closed tab or a restarted server loses
+nothing. Undo marks a stroke ``undone``; a new stroke drops the undone ones (redo history).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import threading
+import time
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hrdv2.io import write_npy
+
+from .schemas import FeatureSettings
+
+SCHEMA_VERSION = 1
+DEFAULT_COLOURS = ["#e6194b", "#3cb44b", "#4363d8", "#ffe119", "#f58231", "#911eb4", "#42d4f4", "#f032e6"]
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS projects(
+    id INTEGER PRIMARY KEY, name TEXT NOT NULL, features TEXT NOT NULL, classifier TEXT NOT NULL,
+    auto_train INTEGER NOT NULL DEFAULT 0, model_version INTEGER NOT NULL DEFAULT 0, created REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS files(
+    id INTEGER PRIMARY KEY, project_id INTEGER NOT NULL REFERENCES projects(id) ON DELETE CASCADE,
+    name TEXT NOT NULL, source TEXT NOT NULL, origin TEXT NOT NULL, n_pages INTEGER NOT NULL, created REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS images(
+    id INTEGER PRIMARY KEY, project_id INTEGER NOT NULL REFERENCES projects(id) ON DELETE CASCADE,
+    file_id INTEGER NOT NULL REFERENCES files(id) ON DELETE CASCADE, page INTEGER NOT NULL,
+    width INTEGER NOT NULL, height INTEGER NOT NULL, dtype TEXT NOT NULL, channels INTEGER NOT NULL,
+    sha TEXT NOT NULL, prediction_version INTEGER NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS classes(
+    id INTEGER PRIMARY KEY, project_id INTEGER NOT NULL REFERENCES projects(id) ON DELETE CASCADE,
+    name TEXT NOT NULL, color TEXT NOT NULL, position INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS strokes(
+    id INTEGER PRIMARY KEY, image_id INTEGER NOT NULL REFERENCES images(id) ON DELETE CASCADE,
+    tool TEXT NOT NULL, class_id INTEGER REFERENCES classes(id) ON DELETE CASCADE, radius REAL NOT NULL,
+    points TEXT NOT NULL, undone INTEGER NOT NULL DEFAULT 0, created REAL NOT NULL);
+CREATE INDEX IF NOT EXISTS strokes_image ON strokes(image_id, undone);
+CREATE INDEX IF NOT EXISTS images_project ON images(project_id);
+"""
+
+
+class NotFound(LookupError):
+    """An id that names no project / image / class in this store (answered with 404)."""
+
+
+def array_sha(arr: np.ndarray) -> str:
+    h = hashlib.sha256()
+    h.update(f"{arr.dtype.str}{arr.shape}".encode())
+    h.update(np.ascontiguousarray(arr).tobytes())
+    return h.hexdigest()
+
+
+class Store:
+    """Thread-safe access to the database and the files beside it."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        for sub in ("pixels", "uploads", "cache/features", "projects"):
+            (self.root / sub).mkdir(parents=True, exist_ok=True)
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(self.root / "hrdv2.sqlite", check_same_thread=False, isolation_level=None)
+        self._db.row_factory = sqlite3.Row
+        with self._lock:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._db.executescript(_SCHEMA)
+            self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+        self._pixels: OrderedDict[str, np.ndarray] = OrderedDict()
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # -- helpers -----------------------------------------------------------------------------
+    def _one(self, sql: str, args: tuple = ()) -> sqlite3.Row | None:
+        with self._lock:
+            return self._db.execute(sql, args).fetchone()
+
+    def _all(self, sql: str, args: tuple = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return self._db.execute(sql, args).fetchall()
+
+    def _write(self, sql: str, args: tuple = ()) -> int:
+        with self._lock:
+            with self._db:
+                cur = self._db.execute(sql, args)
+                return int(cur.lastrowid or 0) if sql.lstrip().upper().startswith("INSERT") else cur.rowcount
+
+    def project_path(self, project_id: int) -> Path:
+        path = self.root / "projects" / str(int(project_id))
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    # -- projects ----------------------------------------------------------------------------
+    def _project_dict(self, row: sqlite3.Row) -> dict[str, Any]:
+        n = self._one("SELECT COUNT(*) FROM images WHERE project_id=?", (row["id"],))[0]
+        return {
+            "id": row["id"],
+            "name": row["name"],
+            "features": FeatureSettings(**json.loads(row["features"])),
+            "classifier": row["classifier"],
+            "auto_train": bool(row["auto_train"]),
+            "model_version": row["model_version"],
+            "n_images": n,
+        }
+
+    def create_project(self, name: str, classifier: str = "random_forest") -> dict[str, Any]:
+        pid = self._write(
+            "INSERT INTO projects(name, features, classifier, created) VALUES (?,?,?,?)",
+            (name, FeatureSettings().model_dump_json(), classifier, time.time()),
+        )
+        return self.get_project(pid)
+
+    def list_projects(self) -> list[dict[str, Any]]:
+        return [self._project_dict(r) for r in self._all("SELECT * FROM projects ORDER BY id")]
+
+    def get_project(self, project_id: int) -> dict[str, Any]:
+        row = self._one("SELECT * FROM projects WHERE id=?", (project_id,))
+        if row is None:
+            raise NotFound(f"project {project_id} does not exist")
+        return self._project_dict(row)
+
+    def update_project(self, project_id: int, **fields: Any) -> dict[str, Any]:
+        self.get_project(project_id)
+        columns = {"name": str, "features": lambda f: f.model_dump_json(), "classifier": str, "auto_train": int}
+        for key, value in fields.items():
+            if value is not None:
+                self._write(f"UPDATE projects SET {key}=? WHERE id=?", (columns[key](value), project_id))
+        return self.get_project(project_id)
+
+    def bump_model_version(self, project_id: int) -> int:
+        self._write("UPDATE projects SET model_version=model_version+1 WHERE id=?", (project_id,))
+        return self.get_project(project_id)["model_version"]
+
+    # -- images ------------------------------------------------------------------------------
+    def _image_dict(self, row: sqlite3.Row) -> dict[str, Any]:
+        keys = ("id", "project_id", "file_id", "page", "width", "height", "dtype", "channels", "prediction_version")
+        out = {k: row[k] for k in keys}
+        out.update(name=row["fname"], n_pages=row["n_pages"], source=row["source"], sha=row["sha"])
+        return out
+
+    _IMAGE_SQL = "SELECT images.*, files.name AS fname, files.n_pages, files.source FROM images JOIN files ON files.id=images.file_id"
+
+    def add_file(self, project_id: int, name: str, source: str, origin: str, pages: list[np.ndarray]) -> list[dict]:
+        """Store the decoded pages of one file (content-addressed) and register them as images."""
+        self.get_project(project_id)
+        shas = []
+        for page in pages:
+            sha = array_sha(page)
+            target = self.root / "pixels" / f"{sha}.npy"
+            if not target.exists():
+                write_npy(target, page)
+            shas.append(sha)
+        with self._lock:
+            with self._db:
+                fid = self._db.execute(
+                    "INSERT INTO files(project_id, name, source, origin, n_pages, created) VALUES (?,?,?,?,?,?)",
+                    (project_id, name, source, origin, len(pages), time.time()),
+                ).lastrowid
+                for i, (page, sha) in enumerate(zip(pages, shas)):
+                    self._db.execute(
+                        "INSERT INTO images(project_id, file_id, page, width, height, dtype, channels, sha) "
+                        "VALUES (?,?,?,?,?,?,?,?)",
+                        (project_id, fid, i, page.shape[1], page.shape[0], str(page.dtype), 1 if page.ndim == 2 else page.shape[2], sha),
+                    )
+        return [self._image_dict(r) for r in self._all(self._IMAGE_SQL + " WHERE file_id=? ORDER BY page", (fid,))]
+
+    def list_images(self, project_id: int) -> list[dict[str, Any]]:
+        self.get_project(project_id)
+        rows = self._all(self._IMAGE_SQL + " WHERE images.project_id=? ORDER BY images.file_id, images.page", (project_id,))
+        return [self._image_dict(r) for r in rows]
+
+    def get_image(self, image_id: int) -> dict[str, Any]:
+        row = self._one(self._IMAGE_SQL + " WHERE images.id=?", (image_id,))
+        if row is None:
+            raise NotFound(f"image {image_id} does not exist")
+        return self._image_dict(row)
+
+    def pixels(self, image: dict[str, Any]) -> np.ndarray:
+        """The decoded page (read-only array), kept in a small in-memory LRU."""
+        sha = image["sha"]
+        with self._lock:
+            if sha in self._pixels:
+                self._pixels.move_to_end(sha)
+                return self._pixels[sha]
+        arr = np.load(self.root / "pixels" / f"{sha}.npy", allow_pickle=False)
+        arr.setflags(write=False)
+        with self._lock:
+            self._pixels[sha] = arr
+            while len(self._pixels) > 8:
+                self._pixels.popitem(last=False)
+        return arr
+
+    def set_prediction_version(self, image_id: int, version: int) -> None:
+        self._write("UPDATE images SET prediction_version=? WHERE id=?", (version, image_id))
+
+    # -- classes -----------------------------------------------------------------------------
+    def list_classes(self, project_id: int) -> list[dict[str, Any]]:
+        self.get_project(project_id)
+        rows = self._all("SELECT * FROM classes WHERE project_id=? ORDER BY position, id", (project_id,))
+        return [
+            {"id": r["id"], "project_id": r["project_id"], "name": r["name"], "color": r["color"], "value": i + 1}
+            for i, r in enumerate(rows)
+        ]
+
+    def get_class(self, class_id: int) -> dict[str, Any]:
+        row = self._one("SELECT project_id FROM classes WHERE id=?", (class_id,))
+        if row is None:
+            raise NotFound(f"class {class_id} does not exist")
+        return next(c for c in self.list_classes(row["project_id"]) if c["id"] == class_id)
+
+    def add_class(self, project_id: int, name: str, color: str) -> dict[str, Any]:
+        self.get_project(project_id)
+        pos = self._one("SELECT COALESCE(MAX(position), 0) + 1 FROM classes WHERE project_id=?", (project_id,))[0]
+        cid = self._write("INSERT INTO classes(project_id, name, color, position) VALUES (?,?,?,?)", (project_id, name, color, pos))
+        return self.get_class(cid)
+
+    def update_class(self, class_id: int, name: str | None, color: str | None) -> dict[str, Any]:
+        self.get_class(class_id)
+        if name is not None:
+            self._write("UPDATE classes SET name=? WHERE id=?", (name, class_id))
+        if color is not None:
+            self._write("UPDATE classes SET color=? WHERE id=?", (color, class_id))
+        return self.get_class(class_id)
+
+    def delete_class(self, class_id: int) -> int:
+        """Delete a class and every stroke painted with it; returns the number of strokes removed."""
+        self.get_class(class_id)
+        with self._lock:
+            with self._db:
+                n = self._db.execute("DELETE FROM strokes WHERE class_id=?", (class_id,)).rowcount
+                self._db.execute("DELETE FROM classes WHERE id=?", (class_id,))
+        return n
+
+    # -- strokes -----------------------------------------------------------------------------
+    @staticmethod
+    def _stroke_dict(row: sqlite3.Row) -> dict[str, Any]:
+        return {
+            "id": row["id"],
+            "image_id": row["image_id"],
+            "tool": row["tool"],
+            "class_id": row["class_id"],
+            "radius": row["radius"],
+            "points": [tuple(p) for p in json.loads(row["points"])],
+        }
+
+    def add_stroke(self, image_id: int, tool: str, class_id: int | None, radius: float, points: list) -> dict[str, Any]:
+        with self._lock:
+            with self._db:
+                self._db.execute("DELETE FROM strokes WHERE image_id=? AND undone=1", (image_id,))
+                sid = self._db.execute(
+                    "INSERT INTO strokes(image_id, tool, class_id, radius, points, created) VALUES (?,?,?,?,?,?)",
+                    (image_id, tool, class_id, float(radius), json.dumps([[round(x, 2), round(y, 2)] for x, y in points]), time.time()),
+                ).lastrowid
+        return self._stroke_dict(self._one("SELECT * FROM strokes WHERE id=?", (sid,)))
+
+    def list_strokes(self, image_id: int) -> list[dict[str, Any]]:
+        rows = self._all("SELECT * FROM strokes WHERE image_id=? AND undone=0 ORDER BY id", (image_id,))
+        return [self._stroke_dict(r) for r in rows]
+
+    def undo(self, image_id: int) -> bool:
+        row = self._one("SELECT MAX(id) FROM strokes WHERE image_id=? AND undone=0", (image_id,))
+        if row[0] is None:
+            return False
+        self._write("UPDATE strokes SET undone=1 WHERE id=?", (row[0],))
+        return True
+
+    def redo(self, image_id: int) -> bool:
+        row = self._one("SELECT MIN(id) FROM strokes WHERE image_id=? AND undone=1", (image_id,))
+        if row[0] is None:
+            return False
+        self._write("UPDATE strokes SET undone=0 WHERE id=?", (row[0],))
+        return True
+
+    def images_with_strokes(self, project_id: int) -> list[int]:
+        rows = self._all(
+            "SELECT DISTINCT images.id FROM images JOIN strokes ON strokes.image_id=images.id "
+            "WHERE images.project_id=? AND strokes.undone=0 AND strokes.tool='brush' ORDER BY images.id",
+            (project_id,),
+        )
+        return [r[0] for r in rows]

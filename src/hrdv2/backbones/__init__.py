@@ -1,0 +1,68 @@
+"""Frozen ViT backbones: ``load_backbone`` is the factory (like timm's create_model)."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from hrdv2.backbones.registry import REGISTRY, BackboneSpec, list_backbones, resolve
+from hrdv2.backbones.vit import IMAGENET_MEAN, IMAGENET_STD, Backbone
+from hrdv2.backbones.weights import RANDOM, download_checkpoint, how_to_supply, load_into, read_checkpoint
+from hrdv2.errors import ConfigError, WeightsUnavailableError
+
+__all__ = ["Backbone", "BackboneSpec", "IMAGENET_MEAN", "IMAGENET_STD", "build_architecture", "list_backbones",
+           "load_backbone", "REGISTRY"]
+
+
+def build_architecture(spec: BackboneSpec) -> torch.nn.Module:
+    """The timm architecture, untrained, ready for any image size (dynamic positional embedding)."""
+    import timm
+
+    return timm.create_model(spec.timm_name, pretrained=False, num_classes=0, dynamic_img_size=True)
+
+
+def load_backbone(
+    name: str = "dinov2_vits14",
+    weights: str | os.PathLike | None = None,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    sha256: str | None = None,
+) -> Backbone:
+    """Build a frozen backbone.
+
+    weights: None -> the official pretrained weights (downloaded once into torch.hub's cache,
+    checked against the published sha256; timm names use timm's hub cache); a path -> that
+    local file (official .pth, timm .pth/.safetensors layouts); "random" -> the real
+    architecture, randomly initialised (seeded), for tests and benchmarks: results are UNTRAINED.
+    ``dtype`` is the storage dtype of the weights (compute dtype is chosen per call).
+    """
+    spec = resolve(name)
+    device = torch.device(device)
+    if weights is not None and str(weights) == RANDOM:
+        torch.manual_seed(0)
+        model = build_architecture(spec)
+        pretrained, source = False, RANDOM
+    elif weights is not None:
+        model = build_architecture(spec)
+        load_into(model, read_checkpoint(weights, spec, sha256), spec, str(weights))
+        pretrained, source = True, str(weights)
+    elif spec.url is not None:
+        model = build_architecture(spec)
+        load_into(model, download_checkpoint(spec), spec, spec.url)
+        pretrained, source = True, spec.url
+    else:
+        import timm
+
+        try:
+            model = timm.create_model(spec.timm_name, pretrained=True, num_classes=0, dynamic_img_size=True)
+        except Exception as exc:
+            raise WeightsUnavailableError(
+                f"could not get pretrained weights for {spec.timm_name} from the Hugging Face hub ({exc}). "
+                + how_to_supply(spec)
+            ) from exc
+        pretrained, source = True, f"timm:{spec.timm_name}"
+    if dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        raise ConfigError(f"dtype {dtype} is not supported; use float32, bfloat16 or float16.")
+    model = model.to(device=device, dtype=dtype)
+    return Backbone(name=spec.name, model=model, pretrained=pretrained, weights_source=source, device=device)

@@ -1,0 +1,126 @@
+"""Getting weights into a backbone: official download (cached, checksummed), local files, or
+random initialisation for tests. Never silently substitutes one for another."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import torch
+
+from hrdv2.backbones.registry import BackboneSpec
+from hrdv2.errors import WeightsUnavailableError
+
+RANDOM = "random"
+
+
+def sha256_of(path: str | os.PathLike) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def how_to_supply(spec: BackboneSpec) -> str:
+    where = spec.url or f"timm/Hugging Face hub model {spec.timm_name!r}"
+    cache = Path(torch.hub.get_dir()) / "checkpoints"
+    return (
+        f"To use {spec.name}: on a machine with internet, download {where}"
+        + (f" and pass it with --weights /path/to/{spec.filename} (Python: weights=PATH), or put it in {cache}/."
+           if spec.url else ", then pass the saved file with --weights PATH.")
+        + " Without weights, use classical features (--features classical), which need none;"
+        " --weights random builds the untrained architecture (for testing only)."
+    )
+
+
+def _unwrap(state: dict, path: Path) -> dict[str, torch.Tensor]:
+    """Accept the usual checkpoint containers: raw state dict, {'model': ...}, {'state_dict': ...},
+    DINO training checkpoints ({'teacher': ...} with 'backbone.' / 'module.' prefixes)."""
+    for key in ("teacher", "model", "state_dict", "model_state"):
+        if key in state and isinstance(state[key], dict):
+            state = state[key]
+            break
+    if not state or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise WeightsUnavailableError(f"{path}: not a state dict of tensors (found keys {list(state)[:5]}).")
+    for prefix in ("module.", "backbone."):
+        if all(k.startswith(prefix) for k in state):
+            state = {k[len(prefix):]: v for k, v in state.items()}
+    return {k: v for k, v in state.items() if not k.startswith(("head.", "dino_head."))}
+
+
+def read_checkpoint(path: str | os.PathLike, spec: BackboneSpec, expected_sha256: str | None = None) -> dict:
+    """Load a local checkpoint (.pth/.pt with weights_only, or .safetensors) and check its digest.
+
+    The digest is checked against ``expected_sha256`` if given, else against the published one
+    when the file carries the official file name (it claims to be the official release).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsUnavailableError(f"weights file {path} does not exist. {how_to_supply(spec)}")
+    expected = expected_sha256 or (spec.sha256 if spec.filename and path.name == spec.filename else None)
+    if expected:
+        actual = sha256_of(path)
+        if actual != expected:
+            raise WeightsUnavailableError(
+                f"{path}: sha256 {actual} does not match the published {expected} for {spec.name}. "
+                "The file is corrupt, truncated or not the official release: download it again."
+            )
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise WeightsUnavailableError(f"{path}: cannot be read as a checkpoint ({exc}).") from exc
+    if not isinstance(state, dict):
+        raise WeightsUnavailableError(f"{path}: expected a state dict, found {type(state).__name__}.")
+    return _unwrap(state, path)
+
+
+def download_checkpoint(spec: BackboneSpec) -> dict:
+    """The official checkpoint through torch.hub's download cache, checksummed when published."""
+    assert spec.url is not None
+    cache = Path(torch.hub.get_dir()) / "checkpoints"
+    target = cache / spec.filename
+    if not target.exists():
+        try:
+            torch.hub.download_url_to_file(spec.url, str(target), progress=True)
+        except Exception as exc:  # URLError, HTTPError, socket errors...
+            raise WeightsUnavailableError(
+                f"could not download pretrained weights for {spec.name} from {spec.url} ({exc}). {how_to_supply(spec)}"
+            ) from exc
+    return read_checkpoint(target, spec, spec.sha256)
+
+
+def load_into(model: torch.nn.Module, state: dict, spec: BackboneSpec, source: str) -> None:
+    """Convert (official DINO/DINOv2 layouts via timm's filter) and load strictly, with a clear
+    message on missing keys or shape mismatches."""
+    from timm.models.vision_transformer import checkpoint_filter_fn
+
+    try:
+        state = checkpoint_filter_fn(state, model)
+    except Exception as exc:
+        raise WeightsUnavailableError(f"{source}: cannot be converted for {spec.name} ({exc}).") from exc
+    own = model.state_dict()
+    wrong = [
+        f"{k}: file {tuple(v.shape)} vs {spec.name} {tuple(own[k].shape)}"
+        for k, v in state.items() if k in own and own[k].shape != v.shape
+    ]
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    if wrong or missing or unexpected:
+        detail = "; ".join(
+            part for part in (
+                f"{len(wrong)} shape mismatches, e.g. {wrong[:2]}" if wrong else "",
+                f"{len(missing)} missing keys, e.g. {missing[:3]}" if missing else "",
+                f"{len(unexpected)} unexpected keys, e.g. {unexpected[:3]}" if unexpected else "",
+            ) if part
+        )
+        raise WeightsUnavailableError(
+            f"{source} does not fit {spec.name}: {detail}. Is it a checkpoint of a different model size?"
+        )
+    model.load_state_dict(state, strict=True)

@@ -1,0 +1,209 @@
+"""HR-Dv2: dense ViT features by averaging over invertible transforms, computed on a compressed grid.
+
+The method (per transform t): featurise T_t(image), nearest-upsample the patch map to full
+size, apply T_t^-1, and average over t. Done literally this costs T full-size (C, H, W) maps.
+
+The fast path uses the fact that every transform here permutes pixels *separably*: after
+the inverse, pixel (y, x) reads cell (r_t(y), c_t(x)) of transform t's patch grid (for quarter
+turns, of the transposed grid). Rows y and y' that read the same cell in *every* transform
+carry identical features, so the average only has to be formed once per distinct row
+signature (r_1(y), ..., r_T(y)), and likewise for columns. For the paper's 17 Moore shifts at
+stride 14 that is ~5 distinct rows per 14 px, so the accumulator is ~8x smaller than the
+image; it is filled batch by batch as the ViT runs (memory bounded by ``batch_size``, not by
+T) and expanded to (C, H, W) once at the end with two gathers.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from hrdv2.backbones import IMAGENET_MEAN, IMAGENET_STD, Backbone
+from hrdv2.errors import ConfigError, ShapeError
+from hrdv2.io import MIN_SIDE, to_rgb01
+from hrdv2.transforms import Transform, coordinate_map, default_transforms, validate_shifts
+from hrdv2.upsample.geometry import PatchGeometry
+from hrdv2.upsample.result import HighResResult
+
+ProgressCallback = Callable[[int, int], None]
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16}
+
+
+def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        if dtype not in DTYPES.values():
+            raise ConfigError(f"compute dtype {dtype} is not supported; use float32, bfloat16 or float16.")
+        return dtype
+    if dtype not in DTYPES:
+        raise ConfigError(f"compute dtype {dtype!r} is unknown; use one of {sorted(set(DTYPES))}.")
+    return DTYPES[dtype]
+
+
+def image_to_tensor(image: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """ImageNet-normalised (1, 3, H, W) float32 from an (H, W) / (H, W, 3) array of any dtype, or
+    from a (3, H, W) float tensor in [0, 1]."""
+    if isinstance(image, torch.Tensor):
+        t = image.float()
+        if t.ndim != 3 or t.shape[0] != 3:
+            raise ShapeError(f"image tensor must be (3, H, W) in [0, 1], got {tuple(t.shape)}.")
+    else:
+        arr = np.asarray(image)
+        if arr.ndim == 3 and arr.shape[-1] == 4:
+            arr = arr[..., :3]  # RGBA: alpha dropped, as hrdv2.io does
+        if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[-1] != 3):
+            raise ShapeError(f"image must be (H, W) grey or (H, W, 3) RGB, got shape {arr.shape}.")
+        t = torch.from_numpy(to_rgb01(arr)).permute(2, 0, 1)
+    if min(t.shape[-2:]) < MIN_SIDE:
+        raise ShapeError(f"image is {t.shape[-1]}x{t.shape[-2]} px; hrdv2 needs at least {MIN_SIDE} px per side.")
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    return ((t - mean) / std).unsqueeze(0).contiguous()
+
+
+@dataclass
+class _Plan:
+    """Per-transform cell lookups on the compressed grid."""
+
+    transform: Transform
+    geometry: PatchGeometry
+    transposed: bool
+    rows: torch.Tensor  # (Hu,) cell row read by each distinct row class
+    cols: torch.Tensor  # (Wu,) cell column read by each distinct column class
+
+
+def _depends_only_on(m: torch.Tensor, axis: int) -> bool:
+    ref = m[:, :1] if axis == 0 else m[:1, :]
+    return bool(torch.equal(m, ref.expand_as(m)))
+
+
+def plan_transforms(
+    transforms: Sequence[Transform], height: int, width: int, patch: int, stride: int
+) -> tuple[list[_Plan], torch.Tensor, torch.Tensor]:
+    """Row/column signatures of every transform and the compressed grid they define.
+
+    Returns the plans and the maps from image rows/columns to compressed row/column classes.
+    """
+    row_keys, col_keys, meta = [], [], []
+    for t in transforms:
+        th, tw = t.output_size(height, width)
+        geo = PatchGeometry(th, tw, patch, stride)
+        ty, tx = coordinate_map(t, height, width)
+        if _depends_only_on(ty, 0) and _depends_only_on(tx, 1):
+            transposed, r, c = False, geo.cell_of(ty[:, 0]), geo.cell_of(tx[0, :])
+        elif _depends_only_on(ty, 1) and _depends_only_on(tx, 0):
+            transposed, r, c = True, geo.cell_of(tx[:, 0]), geo.cell_of(ty[0, :])
+        else:
+            raise ConfigError(f"transform {t.name} is not a separable pixel permutation; HR-Dv2 cannot use it.")
+        row_keys.append(r)
+        col_keys.append(c)
+        meta.append((t, geo, transposed))
+    row_sig, row_class = torch.unique(torch.stack(row_keys, 1), dim=0, return_inverse=True)
+    col_sig, col_class = torch.unique(torch.stack(col_keys, 1), dim=0, return_inverse=True)
+    plans = [
+        _Plan(t, geo, tr, row_sig[:, i].contiguous(), col_sig[:, i].contiguous())
+        for i, (t, geo, tr) in enumerate(meta)
+    ]
+    return plans, row_class, col_class
+
+
+class HighResFeaturizer:
+    """Dense (C, H, W) features and CLS attention (heads, H, W) from a frozen ViT, without training.
+
+    backbone: from ``hrdv2.backbones.load_backbone``. stride: patch-embedding stride S
+    (1 <= S <= P, default P). transforms: the set to average over (default: identity + Moore
+    shifts by 1 and 2 px, 17 in all). batch_size: transformed copies per ViT call; it alone
+    bounds peak memory. dtype: compute dtype (float32, bfloat16, float16); accumulation is
+    always float32.
+    """
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        stride: int | None = None,
+        transforms: Sequence[Transform] | None = None,
+        batch_size: int = 4,
+        dtype: str | torch.dtype | None = None,
+        progress: bool = False,
+        attention: bool = True,
+    ):
+        self.backbone = backbone
+        self.stride = backbone.check_stride(stride)
+        self.transforms = list(transforms) if transforms is not None else default_transforms()
+        if not self.transforms:
+            raise ConfigError("the transform set is empty; pass at least the identity.")
+        validate_shifts(self.transforms, backbone.patch_size)
+        if int(batch_size) < 1:
+            raise ConfigError(f"batch_size must be >= 1, got {batch_size}.")
+        self.batch_size = int(batch_size)
+        self.dtype = parse_dtype(dtype)
+        self.progress = progress
+        self.attention = attention
+
+    def __call__(self, image: np.ndarray | torch.Tensor, progress_callback: ProgressCallback | None = None) -> HighResResult:
+        return self.featurize(image, progress_callback)
+
+    def featurize(self, image: np.ndarray | torch.Tensor, progress_callback: ProgressCallback | None = None) -> HighResResult:
+        start = time.perf_counter()
+        x = image_to_tensor(image)
+        H, W = x.shape[-2:]
+        P, S = self.backbone.patch_size, self.stride
+        plans, row_class, col_class = plan_transforms(self.transforms, H, W, P, S)
+        Hu, Wu = len(plans[0].rows), len(plans[0].cols)
+        feats = torch.zeros(self.backbone.embed_dim, Hu, Wu)
+        attn = torch.zeros(self.backbone.num_heads, Hu, Wu) if self.attention else None
+
+        # batch transforms whose outputs share a shape (quarter turns of non-square images differ)
+        groups: dict[tuple[int, int], list[_Plan]] = {}
+        for p in plans:
+            groups.setdefault((p.geometry.height, p.geometry.width), []).append(p)
+        batches = [g[i: i + self.batch_size] for g in groups.values() for i in range(0, len(g), self.batch_size)]
+
+        vit_seconds, done = 0.0, 0
+        bar = tqdm(total=len(plans), desc="HR-Dv2 transforms", unit="tf", disable=not self.progress, leave=False)
+        for batch in batches:
+            geo = batch[0].geometry
+            inputs = torch.cat([geo.pad(p.transform.forward(x)) for p in batch])
+            t0 = time.perf_counter()
+            grid_feats, grid_attn = self.backbone.forward_patches(inputs, S, with_attention=self.attention, dtype=self.dtype)
+            vit_seconds += time.perf_counter() - t0
+            for i, p in enumerate(batch):
+                _accumulate(feats, grid_feats[i], p)
+                if attn is not None:
+                    _accumulate(attn, grid_attn[i], p)
+            done += len(batch)
+            bar.update(len(batch))
+            if progress_callback is not None:
+                progress_callback(done, len(plans))
+        bar.close()
+
+        n = float(len(plans))
+        out = feats.div_(n).index_select(1, row_class).index_select(2, col_class)
+        out_attn = None if attn is None else attn.div_(n).index_select(1, row_class).index_select(2, col_class)
+        info = {
+            "backbone": self.backbone.describe(),
+            "untrained": not self.backbone.pretrained,
+            "stride": S,
+            "grid": PatchGeometry(H, W, P, S).grid,
+            "transforms": len(plans),
+            "compressed_grid": (Hu, Wu),
+            "dtype": str(self.dtype).replace("torch.", ""),
+            "seconds": time.perf_counter() - start,
+            "vit_seconds": vit_seconds,
+        }
+        return HighResResult(out, out_attn, info)
+
+
+def _accumulate(acc: torch.Tensor, grid: torch.Tensor, plan: _Plan) -> None:
+    """acc[:, i, j] += grid[:, rows[i], cols[j]] (on the transposed grid for quarter turns)."""
+    if plan.transposed:
+        grid = grid.transpose(-1, -2)
+    acc.add_(grid.index_select(1, plan.rows).index_select(2, plan.cols))

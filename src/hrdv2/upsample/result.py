@@ -1,0 +1,23 @@
+"""What every upsampler returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class HighResResult:
+    """Dense features (C, H, W) and CLS attention (heads, H, W), float32, on the image's pixels."""
+
+    features: torch.Tensor
+    attention: torch.Tensor | None
+    info: dict = field(default_factory=dict)  # backbone, stride, transforms, seconds, untrained flag...
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return tuple(self.features.shape[-2:])
+
+    def mean_attention(self) -> torch.Tensor | None:
+        return None if self.attention is None else self.attention.mean(0)

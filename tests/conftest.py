@@ -1,0 +1,41 @@
+"""Shared fixtures. ``shared_data`` is the real labelled data beside the checkout
+(../shared/data); it is verified against its MANIFEST once per session and its absence is a
+failure, never a skip."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    manifest = SHARED_DATA / "MANIFEST.sha256"
+    assert manifest.exists(), f"{SHARED_DATA} is missing: tests need ../shared/data beside the checkout"
+    bad = []
+    for line in manifest.read_text().splitlines():
+        digest, name = line.split(maxsplit=1)
+        name = name.lstrip("*")
+        if hashlib.sha256((SHARED_DATA / name).read_bytes()).hexdigest() != digest:
+            bad.append(name)
+    assert not bad, f"files in {SHARED_DATA} differ from MANIFEST.sha256: {bad[:5]}"
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone():
+    """A real DINOv2 ViT-S/14 architecture with random (untrained) weights."""
+    from hrdv2.backbones import load_backbone
+
+    return load_backbone("dinov2_vits14", weights="random")
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(0)
