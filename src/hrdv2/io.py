@@ -95,7 +95,7 @@ def read_stack(path: str | os.PathLike) -> list[np.ndarray]:
         except Exception as exc:  # tifffile raises many types for corrupt files
             raise ImageReadError(f"{path}: not a readable TIFF ({exc}).") from exc
         data = np.asarray(data)
-        if data.ndim == 2 or (data.ndim == 3 and (axes.endswith("S") or data.shape[-1] in (3, 4) and "S" in axes)):
+        if data.ndim == 2 or (data.ndim == 3 and "S" in axes):  # grey, or one colour image (contig/planar)
             pages = [data]
         elif data.ndim == 3:
             pages = list(data)

@@ -73,7 +73,9 @@ class ProjectOut(BaseModel):
     classifier: ClassifierName
     auto_train: bool
     model_version: int
+    has_model: bool = Field(description="whether a trained model for the current classes exists")
     n_images: int
+    has_phase_fractions: bool = Field(description="whether 'apply to all' has written the phase-fraction CSV")
 
 
 class ImageOut(BaseModel):

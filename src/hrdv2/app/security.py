@@ -87,9 +87,10 @@ def _host_only(value: str) -> str:
 class RequestGuard:
     """ASGI middleware: Host allow-list (optional) and same-origin check for unsafe methods."""
 
-    def __init__(self, app: ASGIApp, allowed_hosts: list[str] | None = None):
+    def __init__(self, app: ASGIApp, allowed_hosts: list[str] | None = None, max_body_bytes: int | None = None):
         self.app = app
         self.allowed = None if allowed_hosts is None else {h.lower() for h in allowed_hosts}
+        self.max_body = max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -111,4 +112,43 @@ class RequestGuard:
                 response = JSONResponse({"detail": f"cross-origin request from {origin} refused"}, status_code=403)
                 await response(scope, receive, send)
                 return
+        if self.max_body is not None:
+            too_big = JSONResponse(
+                {"detail": f"request body larger than the limit of {self.max_body:,} bytes"}, status_code=413
+            )
+            length = request.headers.get("content-length")
+            if length is not None and length.isdigit() and int(length) > self.max_body:
+                await too_big(scope, receive, send)
+                return
+            receive = self._counting(receive)
+            started = False
+
+            async def send_tracking(message: dict) -> None:
+                nonlocal started
+                started = started or message["type"] == "http.response.start"
+                await send(message)
+
+            try:
+                await self.app(scope, receive, send_tracking)
+            except UploadRejected:
+                if started:
+                    raise
+                await too_big(scope, receive, send)
+            return
         await self.app(scope, receive, send)
+
+    def _counting(self, receive: Receive) -> Receive:
+        """Wrap ``receive`` so a body without Content-Length still cannot exceed the limit."""
+        seen = 0
+        limit = self.max_body
+
+        async def wrapped() -> dict:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if limit is not None and seen > limit:
+                    raise UploadRejected(413, "request body too large")
+            return message
+
+        return wrapped

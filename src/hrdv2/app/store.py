@@ -36,7 +36,8 @@ DEFAULT_COLOURS = ["#e6194b", "#3cb44b", "#4363d8", "#ffe119", "#f58231", "#911e
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS projects(
     id INTEGER PRIMARY KEY, name TEXT NOT NULL, features TEXT NOT NULL, classifier TEXT NOT NULL,
-    auto_train INTEGER NOT NULL DEFAULT 0, model_version INTEGER NOT NULL DEFAULT 0, created REAL NOT NULL);
+    auto_train INTEGER NOT NULL DEFAULT 0, model_version INTEGER NOT NULL DEFAULT 0,
+    has_model INTEGER NOT NULL DEFAULT 0, created REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS files(
     id INTEGER PRIMARY KEY, project_id INTEGER NOT NULL REFERENCES projects(id) ON DELETE CASCADE,
     name TEXT NOT NULL, source TEXT NOT NULL, origin TEXT NOT NULL, n_pages INTEGER NOT NULL, created REAL NOT NULL);
@@ -121,10 +122,12 @@ class Store:
             "classifier": row["classifier"],
             "auto_train": bool(row["auto_train"]),
             "model_version": row["model_version"],
+            "has_model": bool(row["has_model"]),
             "n_images": n,
+            "has_phase_fractions": (self.root / "projects" / str(row["id"]) / "phase_fractions.csv").is_file(),
         }
 
-    def create_project(self, name: str, classifier: str = "random_forest") -> dict[str, Any]:
+    def create_project(self, name: str, classifier: str = "logistic") -> dict[str, Any]:
         pid = self._write(
             "INSERT INTO projects(name, features, classifier, created) VALUES (?,?,?,?)",
             (name, FeatureSettings().model_dump_json(), classifier, time.time()),
@@ -148,8 +151,10 @@ class Store:
                 self._write(f"UPDATE projects SET {key}=? WHERE id=?", (columns[key](value), project_id))
         return self.get_project(project_id)
 
-    def bump_model_version(self, project_id: int) -> int:
-        self._write("UPDATE projects SET model_version=model_version+1 WHERE id=?", (project_id,))
+    def bump_model_version(self, project_id: int, has_model: bool) -> int:
+        """A new model (``has_model``) or the end of the old one (a class was deleted): every stored
+        prediction becomes stale either way."""
+        self._write("UPDATE projects SET model_version=model_version+1, has_model=? WHERE id=?", (int(has_model), project_id))
         return self.get_project(project_id)["model_version"]
 
     # -- images ------------------------------------------------------------------------------

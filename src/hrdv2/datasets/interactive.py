@@ -88,9 +88,10 @@ def _need_dirs(root: Path, layout: str, *names: str) -> list[Path]:
     dirs = [root / n for n in names]
     missing = [str(d) for d in dirs if not d.is_dir()]
     if missing:
+        hint = " It holds NAME_gt files: use --dataset folder." if root.is_dir() and any(root.glob("*_gt.*")) else ""
         raise ImageReadError(
             f"{root}: not a {layout} dataset folder, missing {', '.join(missing)}. Expected the RITM/f-BRS "
-            f"layout {root}/{names[0]}/ + {root}/{names[1]}/."
+            f"layout {root}/{names[0]}/ + {root}/{names[1]}/.{hint}"
         )
     return dirs
 

@@ -13,7 +13,7 @@ Per click (``predict``):
   4. the previous mask is a weak prior: ``prior_samples`` seeded pixels, half inside it (label
      1) and half outside (label 0), weighing ``prior_weight`` in total. Before any mask exists
      the whole image is the "outside", so click 1 means "like this, unlike the image at large";
-  5. an L2-regularised logistic regression (scikit-learn) on those weighted pixels, evaluated
+  5. an L2-regularised logistic regression (scikit-learn, Newton-Cholesky) on those pixels, evaluated
      on every pixel, thresholded at p = 0.5;
   6. the click disks are then forced to their labels, and (``keep_connected``) only foreground
      components that touch a positive click are kept, as objects are connected to their clicks.
@@ -29,6 +29,7 @@ import torch
 from scipy import ndimage
 from sklearn.decomposition import PCA
 from sklearn.linear_model import LogisticRegression
+from threadpoolctl import ThreadpoolController
 
 from hrdv2.errors import ConfigError, ShapeError
 from hrdv2.probe.clicks import Click, Predictor
@@ -57,6 +58,17 @@ class SegmenterConfig:
             )
 
 
+_THREADS: ThreadpoolController | None = None
+
+
+def _one_thread():
+    """BLAS limited to one thread: these problems are small and extra threads only add contention."""
+    global _THREADS
+    if _THREADS is None:
+        _THREADS = ThreadpoolController()
+    return _THREADS.limit(limits=1)
+
+
 def _features_to_rows(features: torch.Tensor | np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
     arr = features.detach().cpu().float().numpy() if isinstance(features, torch.Tensor) else np.asarray(features)
     if arr.ndim != 3:
@@ -72,6 +84,10 @@ class ClickSegmenter:
     """Predict an object mask from per-pixel features and clicks (see module docstring)."""
 
     def __init__(self, features: torch.Tensor | np.ndarray, config: SegmenterConfig | None = None):
+        with _one_thread():
+            self._prepare(features, config)
+
+    def _prepare(self, features: torch.Tensor | np.ndarray, config: SegmenterConfig | None) -> None:
         self.config = config or SegmenterConfig()
         rows, self.shape = _features_to_rows(features)
         rows = rows - rows.mean(axis=0)
@@ -81,26 +97,29 @@ class ClickSegmenter:
         if k is not None and k < rows.shape[1]:
             n_fit = min(len(rows), self.config.pca_fit_pixels)
             fit_idx = rng.choice(len(rows), size=n_fit, replace=False)
-            pca = PCA(n_components=min(k, n_fit), random_state=self.config.seed).fit(rows[fit_idx])
+            pca = PCA(n_components=min(k, n_fit), svd_solver="covariance_eigh", random_state=self.config.seed).fit(rows[fit_idx])
             rows = pca.transform(rows).astype(np.float32)
         self.rows = rows
-        yy, xx = np.mgrid[-self.config.radius : self.config.radius + 1, -self.config.radius : self.config.radius + 1]
-        self._disk = (yy**2 + xx**2) <= self.config.radius**2
+        r = self.config.radius
+        yy, xx = np.mgrid[-r : r + 1, -r : r + 1]
+        disk = (yy**2 + xx**2) <= r**2
+        self._dy, self._dx = yy[disk], xx[disk]
 
-    def _disk_mask(self, click: Click) -> np.ndarray:
+    def _disk_pixels(self, click: Click) -> np.ndarray:
+        """Flat indices of the pixels within ``radius`` of the click (clipped to the image)."""
         h, w = self.shape
         if not (0 <= click.y < h and 0 <= click.x < w):
             raise ShapeError(f"click ({click.y}, {click.x}) lies outside the {h}x{w} image.")
-        mask = np.zeros(self.shape, bool)
-        mask[click.y, click.x] = True
-        return ndimage.binary_dilation(mask, structure=self._disk) if self.config.radius > 0 else mask
+        ys, xs = click.y + self._dy, click.x + self._dx
+        inside = (ys >= 0) & (ys < h) & (xs >= 0) & (xs < w)
+        return ys[inside] * w + xs[inside]
 
     def _training_set(
         self, clicks: Sequence[Click], prev_mask: np.ndarray | None, rng: np.random.Generator
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         idx, lab, wts = [], [], []
         for c in clicks:
-            pix = np.flatnonzero(self._disk_mask(c))
+            pix = self._disk_pixels(c)
             idx.append(pix)
             lab.append(np.full(pix.size, int(c.positive)))
             wts.append(np.full(pix.size, 1.0 / pix.size))
@@ -128,8 +147,9 @@ class ClickSegmenter:
         idx, lab, wts = self._training_set(clicks, prev_mask, rng)
         if np.unique(lab).size < 2:  # only one class: nothing to discriminate
             return np.full(self.shape, float(lab[0]), np.float32)
-        model = LogisticRegression(C=self.config.C, max_iter=500)
-        model.fit(self.rows[idx], lab, sample_weight=wts * len(wts) / wts.sum())
+        model = LogisticRegression(C=self.config.C, solver="newton-cholesky", max_iter=100)
+        with _one_thread():
+            model.fit(self.rows[idx], lab, sample_weight=wts * len(wts) / wts.sum())
         logits = self.rows @ model.coef_[0].astype(np.float32) + np.float32(model.intercept_[0])
         return (1.0 / (1.0 + np.exp(-np.clip(logits, -50, 50)))).reshape(self.shape)
 
@@ -137,11 +157,11 @@ class ClickSegmenter:
         """Boolean object mask (H, W) after ``clicks``, given the previous mask."""
         mask = self.predict_proba(clicks, prev_mask) >= 0.5
         pos_seed = np.zeros(self.shape, bool)
+        flat, seed_flat = mask.reshape(-1), pos_seed.reshape(-1)
         for c in clicks:
-            disk = self._disk_mask(c)
-            mask[disk] = c.positive
-            if c.positive:
-                pos_seed |= disk
+            disk = self._disk_pixels(c)
+            flat[disk] = c.positive
+            seed_flat[disk] = c.positive
         if self.config.keep_connected and pos_seed.any():
             labels, _ = ndimage.label(mask)
             keep = np.unique(labels[pos_seed & mask])

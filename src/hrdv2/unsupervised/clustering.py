@@ -35,30 +35,41 @@ class Clusters:
         return int(self.centroids.shape[0])
 
 
-def pixel_matrix(features: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
-    """(C, H, W) features -> (H*W, C) float32 rows and the (H, W) grid they came from."""
-    arr = np.asarray(features)
-    if arr.ndim != 3:
-        raise ShapeError(f"features must be (C, H, W); got shape {arr.shape}.")
-    c, h, w = arr.shape
-    return np.ascontiguousarray(arr.reshape(c, h * w).T, dtype=np.float32), (h, w)
-
-
 def l2_normalise(x: np.ndarray, eps: float = 1e-8) -> np.ndarray:
     """Rows scaled to unit length, so Euclidean k-means groups by cosine similarity."""
     norm = np.linalg.norm(x, axis=1, keepdims=True)
     return x / np.maximum(norm, eps)
 
 
-def cluster_means(x: np.ndarray, labels: np.ndarray, n: int) -> np.ndarray:
-    """(n, C) mean row of ``x`` (N, C) per label 0..n-1 (a sparse one-hot product: fast)."""
+def distinct_pixels(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(distinct feature vectors (U, C) float32, index of each pixel's vector (H*W,)).
+
+    HR-Dv2 maps repeat each vector over many pixels (a whole 14 x 14 patch at stride 14), so
+    the later steps work on the distinct vectors only. Sorting whole rows (``np.unique(axis=0)``)
+    takes seconds on such maps; instead each pixel is keyed by two fixed random projections
+    (equal vectors get equal keys; two different vectors share both keys with negligible
+    probability, and would then only be treated as one vector).
+    """
+    arr = np.asarray(features)
+    if arr.ndim != 3:
+        raise ShapeError(f"features must be (C, H, W); got shape {arr.shape}.")
+    flat = arr.reshape(arr.shape[0], -1).astype(np.float32, copy=False)
+    proj = np.random.default_rng(12345).standard_normal((2, flat.shape[0])).astype(np.float32)
+    keys = np.ascontiguousarray((proj @ flat).T).view(np.int64).ravel()
+    _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    return np.ascontiguousarray(flat[:, first].T), inverse.ravel()
+
+
+def cluster_means(x: np.ndarray, labels: np.ndarray, n: int, weights: np.ndarray | None = None) -> np.ndarray:
+    """(n, C) (weighted) mean row of ``x`` (N, C) per label 0..n-1, via a sparse one-hot product."""
     from scipy.sparse import csr_matrix
 
     labels = np.asarray(labels).ravel()
-    onehot = csr_matrix((np.ones(labels.size), (labels, np.arange(labels.size))), shape=(n, labels.size))
-    counts = np.asarray(onehot.sum(axis=1)).ravel()
+    wts = np.ones(labels.size) if weights is None else np.asarray(weights, dtype=np.float64)
+    onehot = csr_matrix((wts, (labels, np.arange(labels.size))), shape=(n, labels.size))
+    totals = np.asarray(onehot.sum(axis=1)).ravel()
     sums = onehot @ x.astype(np.float64)
-    return (sums / np.maximum(counts, 1)[:, None]).astype(np.float32)
+    return (sums / np.maximum(totals, 1e-12)[:, None]).astype(np.float32)
 
 
 def kmeans_clusters(
@@ -75,31 +86,40 @@ def kmeans_clusters(
     is lowered to that number with a warning, so the call never fails on such inputs.
     """
     from sklearn.cluster import KMeans
+    from threadpoolctl import threadpool_limits
 
     if k < 1:
         raise ConfigError(f"k (number of k-means clusters) must be >= 1; got {k}.")
     if n_samples < 1:
         raise ConfigError(f"n_samples must be >= 1; got {n_samples}.")
-    x, (h, w) = pixel_matrix(features)
-    if not np.all(np.isfinite(x)):
+    uniq, inverse = distinct_pixels(features)
+    h, w = np.asarray(features).shape[1:]
+    if not np.all(np.isfinite(uniq)):
         raise ShapeError("features contain NaN or infinite values; check the feature extractor's output.")
     if normalise:
-        x = l2_normalise(x)
-    n_pix = x.shape[0]
+        uniq = l2_normalise(uniq)
+    n_pix = inverse.size
     rng = np.random.default_rng(seed)
-    sample = x[rng.choice(n_pix, size=min(n_samples, n_pix), replace=False)]
-    n_distinct = np.unique(sample, axis=0).shape[0]
-    k_used = min(k, n_distinct)
+    sample_ids = inverse[rng.choice(n_pix, size=min(n_samples, n_pix), replace=False)]
+    weights = np.bincount(sample_ids, minlength=uniq.shape[0]).astype(np.float64)
+    in_sample = np.flatnonzero(weights)
+    k_used = min(k, in_sample.size)
     if k_used < k:
         warnings.warn(
-            f"k={k} is more than the {n_distinct} distinct feature vectors of this "
-            f"{w}x{h} image (sample of {sample.shape[0]} pixels); using k={k_used}.",
+            f"k={k} is more than the {in_sample.size} distinct feature vectors of this "
+            f"{w}x{h} image (sample of {min(n_samples, n_pix)} pixels); using k={k_used}.",
             stacklevel=2,
         )
     km = KMeans(n_clusters=k_used, n_init=1, max_iter=max_iter, random_state=seed)
-    km.fit(sample)
-    raw = km.predict(x)
-    # Renumber so ids are contiguous over non-empty clusters; recompute centres on all pixels.
-    used, labels = np.unique(raw, return_inverse=True)
-    centroids = cluster_means(x, labels, used.size)
+    # k-means++ seeding makes k small BLAS calls; multi-threaded OpenBLAS spins badly on them
+    # when cores are shared (1.5 s vs 0.1 s measured). Lloyd iterations keep their OpenMP threads.
+    with threadpool_limits(limits=1, user_api="blas"):
+        km.fit(uniq[in_sample], sample_weight=weights[in_sample])
+        predicted = km.predict(uniq)
+    # Renumber so ids are contiguous over non-empty clusters; centres = mean over all pixels.
+    used, uniq_labels = np.unique(predicted, return_inverse=True)
+    uniq_labels = uniq_labels.ravel()
+    pixel_counts = np.bincount(inverse, minlength=uniq.shape[0])
+    centroids = cluster_means(uniq, uniq_labels, used.size, pixel_counts)
+    labels = uniq_labels[inverse]
     return Clusters(labels=labels.reshape(h, w).astype(np.int32), centroids=centroids, k_used=k_used)

@@ -79,6 +79,14 @@ class _Plan:
     rows: torch.Tensor  # (Hu,) cell row read by each distinct row class
     cols: torch.Tensor  # (Wu,) cell column read by each distinct column class
 
+    @property
+    def flat_index(self) -> torch.Tensor:
+        """(Hu * Wu,) index into the flattened (gh * gw) patch grid, row-major over (Hu, Wu)."""
+        gw = self.geometry.grid[1]
+        if self.transposed:  # compressed (i, j) reads grid cell (cols[j], rows[i])
+            return (self.cols[None, :] * gw + self.rows[:, None]).reshape(-1)
+        return (self.rows[:, None] * gw + self.cols[None, :]).reshape(-1)
+
 
 def _depends_only_on(m: torch.Tensor, axis: int) -> bool:
     ref = m[:, :1] if axis == 0 else m[:1, :]
@@ -158,8 +166,9 @@ class HighResFeaturizer:
         P, S = self.backbone.patch_size, self.stride
         plans, row_class, col_class = plan_transforms(self.transforms, H, W, P, S)
         Hu, Wu = len(plans[0].rows), len(plans[0].cols)
-        feats = torch.zeros(self.backbone.embed_dim, Hu, Wu)
-        attn = torch.zeros(self.backbone.num_heads, Hu, Wu) if self.attention else None
+        # channels-last accumulators: every gather below copies contiguous C-length rows
+        feats = torch.zeros(Hu, Wu, self.backbone.embed_dim)
+        attn = torch.zeros(Hu, Wu, self.backbone.num_heads) if self.attention else None
 
         # batch transforms whose outputs share a shape (quarter turns of non-square images differ)
         groups: dict[tuple[int, int], list[_Plan]] = {}
@@ -175,10 +184,12 @@ class HighResFeaturizer:
             t0 = time.perf_counter()
             grid_feats, grid_attn = self.backbone.forward_patches(inputs, S, with_attention=self.attention, dtype=self.dtype)
             vit_seconds += time.perf_counter() - t0
+            grid_feats = grid_feats.permute(0, 2, 3, 1)  # (B, gh, gw, C): the ViT's own token layout
             for i, p in enumerate(batch):
-                _accumulate(feats, grid_feats[i], p)
+                index = p.flat_index
+                _accumulate(feats, grid_feats[i], index)
                 if attn is not None:
-                    _accumulate(attn, grid_attn[i], p)
+                    _accumulate(attn, grid_attn[i].permute(1, 2, 0).contiguous(), index)
             done += len(batch)
             bar.update(len(batch))
             if progress_callback is not None:
@@ -186,8 +197,8 @@ class HighResFeaturizer:
         bar.close()
 
         n = float(len(plans))
-        out = feats.div_(n).index_select(1, row_class).index_select(2, col_class)
-        out_attn = None if attn is None else attn.div_(n).index_select(1, row_class).index_select(2, col_class)
+        out = _expand(feats.div_(n), row_class, col_class)
+        out_attn = None if attn is None else _expand(attn.div_(n), row_class, col_class)
         info = {
             "backbone": self.backbone.describe(),
             "untrained": not self.backbone.pretrained,
@@ -202,8 +213,16 @@ class HighResFeaturizer:
         return HighResResult(out, out_attn, info)
 
 
-def _accumulate(acc: torch.Tensor, grid: torch.Tensor, plan: _Plan) -> None:
-    """acc[:, i, j] += grid[:, rows[i], cols[j]] (on the transposed grid for quarter turns)."""
-    if plan.transposed:
-        grid = grid.transpose(-1, -2)
-    acc.add_(grid.index_select(1, plan.rows).index_select(2, plan.cols))
+def _accumulate(acc: torch.Tensor, grid: torch.Tensor, index: torch.Tensor) -> None:
+    """acc[i, j, :] += the grid cell that compressed cell (i, j) reads; one gather of
+    contiguous C-length rows from the channels-last (gh, gw, C) grid."""
+    C = grid.shape[-1]
+    acc.view(-1, C).add_(grid.reshape(-1, C).index_select(0, index))
+
+
+def _expand(acc: torch.Tensor, row_class: torch.Tensor, col_class: torch.Tensor) -> torch.Tensor:
+    """(Hu, Wu, C) compressed grid -> (C, H, W) view of a channels-last (H, W, C) tensor."""
+    Hu, Wu, C = acc.shape
+    index = (row_class[:, None] * Wu + col_class[None, :]).reshape(-1)
+    out = acc.view(-1, C).index_select(0, index)
+    return out.view(len(row_class), len(col_class), C).permute(2, 0, 1)

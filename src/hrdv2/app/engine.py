@@ -1,0 +1,297 @@
+"""The app's compute side: strokes to scribble maps, features (disk cache + memory LRU),
+training, prediction and apply-to-all. Everything slow here runs inside a background job.
+
+Class ids in scribbles, label images and probability channels are the class *values* 1..K
+(the class's rank in the project's class list), so the files the app writes match the CLI's.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import threading
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+from PIL import Image
+
+from hrdv2.errors import HRDv2Error, ModelFileError, ShapeError, WeightsUnavailableError
+from hrdv2.io import atomic_path, write_npy, write_text_atomic
+
+from .jobs import Job
+from .schemas import BackboneOption, FeatureSettings
+from .store import Store
+
+
+def rasterise(strokes: list[dict], shape: tuple[int, int], values: dict[int, int]) -> np.ndarray:
+    """Replay strokes in order onto a uint8 label map: a brush writes its class value, the eraser 0.
+
+    A pixel is covered when its centre lies within ``radius`` of the stroke's polyline, which is
+    what the browser's round-capped canvas line of width 2*radius shows.
+    """
+    h, w = shape
+    out = np.zeros((h, w), np.uint8)
+    for s in strokes:
+        if s["tool"] == "eraser":
+            value = 0
+        elif s["class_id"] in values:
+            value = values[s["class_id"]]
+        else:
+            continue
+        pts = np.asarray(s["points"], dtype=np.float64).reshape(-1, 2)
+        if len(pts) == 1:
+            pts = np.vstack([pts, pts])
+        r = max(float(s["radius"]), 0.5)
+        for (x0, y0), (x1, y1) in zip(pts[:-1], pts[1:]):
+            c0, c1 = int(max(np.floor(min(x0, x1) - r), 0)), int(min(np.ceil(max(x0, x1) + r) + 1, w))
+            r0, r1 = int(max(np.floor(min(y0, y1) - r), 0)), int(min(np.ceil(max(y0, y1) + r) + 1, h))
+            if c0 >= c1 or r0 >= r1:
+                continue
+            yy, xx = np.mgrid[r0:r1, c0:c1]
+            px, py = xx + 0.5 - x0, yy + 0.5 - y0
+            dx, dy = x1 - x0, y1 - y0
+            seg2 = dx * dx + dy * dy
+            t = np.clip((px * dx + py * dy) / seg2, 0.0, 1.0) if seg2 > 0 else 0.0
+            d2 = (px - t * dx) ** 2 + (py - t * dy) ** 2
+            out[r0:r1, c0:c1][d2 <= r * r] = value
+    return out
+
+
+def weights_status(name: str) -> BackboneOption:
+    """Whether a backbone's pretrained weights are on this machine (no download is attempted here:
+    listing options must not fetch gigabytes). A failed load at training time is reported too."""
+    from hrdv2.backbones.registry import resolve
+    from hrdv2.backbones.weights import how_to_supply
+
+    import torch
+
+    spec = resolve(name)
+    if name in _FAILED_LOADS:
+        return BackboneOption(name=name, available=False, reason=_FAILED_LOADS[name])
+    if spec.filename and (Path(torch.hub.get_dir()) / "checkpoints" / spec.filename).is_file():
+        return BackboneOption(name=name, available=True)
+    where = Path(torch.hub.get_dir()) / "checkpoints"
+    return BackboneOption(
+        name=name, available=False, reason=f"{spec.filename or spec.timm_name} is not in {where}. {how_to_supply(spec)}"
+    )
+
+
+_FAILED_LOADS: dict[str, str] = {}
+
+
+def feature_config(settings: FeatureSettings):
+    """The library's FeatureConfig for the page's feature settings."""
+    from hrdv2.features.sets import FeatureConfig
+
+    if settings.kind == "classical":
+        return FeatureConfig(kind="classical")
+    return FeatureConfig(kind=settings.kind, backbone=settings.backbone, stride=settings.stride)
+
+
+class Engine:
+    """Features, models and predictions for all projects of one store."""
+
+    def __init__(self, store: Store, memory_bytes: int = 1_500_000_000):
+        self.store = store
+        self._cache = None
+        self._mem: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
+        self._mem_bytes = memory_bytes
+        self._lock = threading.Lock()
+        self._key_locks: dict[tuple[str, str], threading.Lock] = {}
+        self._models: dict[int, tuple[int, Any]] = {}
+        self._saving: dict[int, threading.Thread] = {}
+        self._save_lock = threading.Lock()
+
+    # -- features ----------------------------------------------------------------------------
+    @property
+    def cache(self):
+        """The on-disk feature cache (content hash + config key), shared by all projects."""
+        if self._cache is None:
+            from hrdv2.features.cache import FeatureCache
+
+            self._cache = FeatureCache(self.store.root / "cache" / "features")
+        return self._cache
+
+    def features(self, image: dict, settings: FeatureSettings, progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+        config = feature_config(settings)
+        key = (image["sha"], config.key())
+        with self._lock:
+            if key in self._mem:
+                self._mem.move_to_end(key)
+                return self._mem[key]
+            key_lock = self._key_locks.setdefault(key, threading.Lock())
+        with key_lock:  # a second request for the same features waits for the first
+            with self._lock:
+                if key in self._mem:
+                    return self._mem[key]
+            try:
+                feats = self.cache.get_or_compute(self.store.pixels(image), config, progress=progress)
+            except WeightsUnavailableError as exc:
+                _FAILED_LOADS[settings.backbone] = str(exc)
+                raise
+            feats = np.asarray(feats, dtype=np.float32)
+            with self._lock:
+                self._mem[key] = feats
+                while len(self._mem) > 1 and sum(a.nbytes for a in self._mem.values()) > self._mem_bytes:
+                    self._mem.popitem(last=False)
+        return feats
+
+    def features_job(self, job: Job, image_id: int) -> dict:
+        image = self.store.get_image(image_id)
+        settings = self.store.get_project(image["project_id"])["features"]
+        job.report(0, 1, stage=f"features for {image['name']}")
+        feats = self.features(image, settings, job.progress_callback(f"features for {image['name']}"))
+        return {"image_id": image_id, "n_features": int(feats.shape[-1])}
+
+    # -- scribbles ---------------------------------------------------------------------------
+    def scribbles(self, image: dict) -> np.ndarray:
+        values = {c["id"]: c["value"] for c in self.store.list_classes(image["project_id"])}
+        return rasterise(self.store.list_strokes(image["id"]), (image["height"], image["width"]), values)
+
+    # -- models ------------------------------------------------------------------------------
+    def model_path(self, project_id: int) -> Path:
+        return self.store.project_path(project_id) / "model.skops"
+
+    def model(self, project_id: int):
+        """The project's current model: from memory, else from its skops file (trusted-types check)."""
+        project = self.store.get_project(project_id)
+        version = project["model_version"]
+        if not project["has_model"]:
+            raise HRDv2Error("no trained model for the current classes: paint strokes of at least two classes and press Train.")
+        cached = self._models.get(project_id)
+        if cached and cached[0] == version:
+            return cached[1]
+        path = self.model_path(project_id)
+        meta = path.with_suffix(".json")
+        if not path.is_file() or not meta.is_file() or json.loads(meta.read_text())["version"] != version:
+            raise HRDv2Error(f"{path}: the model file is missing or older than the last training; press Train again.")
+        from hrdv2.segmentation import Segmenter
+
+        try:
+            seg = Segmenter.load(path)
+        except HRDv2Error:
+            raise
+        except Exception as exc:
+            raise ModelFileError(f"{path}: cannot be loaded ({exc}); press Train to build a new model.") from exc
+        self._models[project_id] = (version, seg)
+        return seg
+
+    def _save_in_background(self, project_id: int, version: int, seg: Any) -> None:
+        """Write the skops file off the critical path (the overlay should not wait ~0.5 s for it).
+        Saves are serialised; a save superseded by a newer model is skipped."""
+
+        def work() -> None:
+            with self._save_lock:
+                if self._models.get(project_id, (None,))[0] != version:
+                    return
+                seg.save(self.model_path(project_id))  # atomic: temp file + rename
+                write_text_atomic(self.model_path(project_id).with_suffix(".json"), json.dumps({"version": version}))
+
+        thread = threading.Thread(target=work, name=f"hrdv2-save-{project_id}")
+        self._saving[project_id] = thread
+        thread.start()
+
+    def wait_saved(self, project_id: int | None = None) -> None:
+        """Block until the model file(s) being written are on disk."""
+        threads = list(self._saving.values()) if project_id is None else [self._saving.get(project_id)]
+        for t in threads:
+            if t is not None:
+                t.join()
+
+    def train_job(self, job: Job, project_id: int, image_id: int | None) -> dict:
+        from hrdv2.segmentation import Segmenter
+
+        project = self.store.get_project(project_id)
+        classes = self.store.list_classes(project_id)
+        labelled = self.store.images_with_strokes(project_id)
+        if not labelled:
+            raise HRDv2Error("nothing to learn from: paint strokes of at least two classes, then press Train.")
+        todo = labelled + ([image_id] if image_id is not None and image_id not in labelled else [])
+        n = len(todo) + 1
+        images, scribbles, feats = [], [], []
+        for k, iid in enumerate(todo):
+            image = self.store.get_image(iid)
+            stage = f"features {k + 1}/{len(todo)}: {image['name']}"
+            job.report(k / n, stage=stage)
+            f = self.features(image, project["features"], job.progress_callback(stage, k / n, 1 / n))
+            if iid in labelled:
+                images.append(self.store.pixels(image))
+                scribbles.append(self.scribbles(image))
+                feats.append(f)
+        present = sorted(set(np.unique(np.concatenate([s[s > 0] for s in scribbles]))))
+        if len(present) < 2:
+            have = [c["name"] for c in classes if c["value"] in present]
+            raise HRDv2Error(f"strokes of at least two classes are needed to train; only {have or 'none'} painted so far.")
+        job.report(len(todo) / n, stage="training")
+        seg = Segmenter(
+            features=feature_config(project["features"]),
+            classifier=project["classifier"],
+            class_names=[c["name"] for c in classes],
+            random_state=0,
+        )
+        seg.fit(images, scribbles, feats)
+        job.report(len(todo) / n + 0.5 / n, stage="saving model")
+        version = self.store.bump_model_version(project_id, has_model=True)
+        self._models[project_id] = (version, seg)
+        self._save_in_background(project_id, version, seg)
+        if image_id is not None:
+            job.report(len(todo) / n + 0.75 / n, stage="predicting")
+            self.predict(self.store.get_image(image_id), seg, version)
+        return {"model_version": version, "image_id": image_id, "classes": [int(v) for v in present]}
+
+    # -- prediction --------------------------------------------------------------------------
+    def prediction_paths(self, image: dict) -> tuple[Path, Path]:
+        folder = self.store.project_path(image["project_id"]) / "predictions"
+        return folder / f"{image['id']}.labels.png", folder / f"{image['id']}.proba.npy"
+
+    def predict(self, image: dict, seg: Any, version: int, progress: Callable | None = None) -> np.ndarray:
+        """Predict one image, store labels (uint8 PNG) and probabilities (float16 .npy); return labels."""
+        settings = self.store.get_project(image["project_id"])["features"]
+        feats = self.features(image, settings, progress)
+        n_classes = max(len(self.store.list_classes(image["project_id"])), 1)
+        proba_model = np.asarray(seg.predict_proba(self.store.pixels(image), features=feats), dtype=np.float32)
+        values = [int(v) for v in np.asarray(seg.classes_).ravel()]
+        proba = np.zeros((image["height"], image["width"], max(n_classes, max(values))), np.float32)
+        for col, value in enumerate(values):
+            proba[..., value - 1] = proba_model[..., col]
+        labels = (np.asarray(values, np.uint8)[np.argmax(proba_model, axis=-1)]).astype(np.uint8)
+        label_path, proba_path = self.prediction_paths(image)
+        with atomic_path(label_path) as tmp:  # fast PNG: this write sits between stroke and overlay
+            Image.fromarray(labels).save(tmp, format="PNG", compress_level=1)
+        write_npy(proba_path, proba.astype(np.float16))
+        self.store.set_prediction_version(image["id"], version)
+        return labels
+
+    def predict_job(self, job: Job, image_id: int) -> dict:
+        image = self.store.get_image(image_id)
+        seg = self.model(image["project_id"])
+        version = self.store.get_project(image["project_id"])["model_version"]
+        self.predict(image, seg, version, job.progress_callback(f"features for {image['name']}", 0, 0.8))
+        return {"image_id": image_id, "model_version": version}
+
+    def apply_all_job(self, job: Job, project_id: int) -> dict:
+        seg = self.model(project_id)
+        version = self.store.get_project(project_id)["model_version"]
+        images = self.store.list_images(project_id)
+        classes = self.store.list_classes(project_id)
+        rows, skipped = [], []
+        for k, image in enumerate(images):
+            stage = f"image {k + 1}/{len(images)}: {image['name']}" + (f" p{image['page'] + 1}" if image["n_pages"] > 1 else "")
+            job.report(k, len(images), stage=stage)
+            try:
+                labels = self.predict(image, seg, version, job.progress_callback(stage, k, 0.8))
+            except ShapeError as exc:  # e.g. an RGB image in a project trained on grey ones
+                skipped.append({"image_id": image["id"], "name": image["name"], "reason": str(exc)})
+                continue
+            counts = np.bincount(labels.ravel(), minlength=len(classes) + 1)
+            rows.append([image["name"], image["page"]] + [counts[c["value"]] / labels.size for c in classes])
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(["file", "page"] + [c["name"] for c in classes])  # the columns `hrdv2 apply` writes
+        for row in rows:
+            writer.writerow(row[:2] + [f"{v:.6f}" for v in row[2:]])
+        write_text_atomic(self.store.project_path(project_id) / "phase_fractions.csv", buf.getvalue())
+        return {"n_images": len(rows), "model_version": version, "skipped": skipped}

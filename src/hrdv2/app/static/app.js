@@ -1,0 +1,427 @@
+// hrdv2 web app: projects, images, painting, training, results.
+// Plain ES modules, no build step; the server's JSON API is the single source of truth.
+import * as api from "./api.js";
+import { Viewer, isTyping } from "./viewer.js";
+import { $, S, fail, hexToRgb, hooks, say, track } from "./state.js";
+import { addClass, renderClasses, renderLegend, selectClass } from "./classes.js";
+import { flushPending, pendingFor, redrawStrokes, saveStroke, undoRedo } from "./strokes.js";
+
+const viewer = new Viewer(document, {
+  brush: () => {
+    if (!S.image) return null;
+    const tool = document.querySelector("input[name=tool]:checked").value;
+    const radius = Number($("#brush-size").value) / 2;
+    if (tool === "eraser") return { tool, radius, color: "#ffffff", classId: null };
+    const cls = S.classes.find((c) => c.id === S.activeClass);
+    return cls ? { tool, radius, color: cls.color, classId: cls.id } : null;
+  },
+  onStroke: (stroke) => saveStroke(stroke),
+  onPointer: (x, y) => {
+    const inside = S.image && x >= 0 && y >= 0 && x < S.image.width && y < S.image.height;
+    $("#pos-label").textContent = inside ? `x ${Math.floor(x)}, y ${Math.floor(y)}` : "";
+  },
+  onZoom: (scale) => { $("#zoom-label").textContent = `${Math.round(scale * 100)}%`; },
+});
+
+// -- projects -----------------------------------------------------------------------------------
+async function loadProjects() {
+  S.projects = await api.get("/api/projects");
+  const sel = $("#project-select");
+  sel.innerHTML = "";
+  if (!S.projects.length) sel.append(new Option("(no project yet)", ""));
+  for (const p of S.projects) sel.append(new Option(p.name, p.id));
+  if (S.project) sel.value = S.project.id;
+}
+
+async function openProject(id, imageId = null) {
+  S.project = await api.get(`/api/projects/${id}`);
+  localStorage.setItem("hrdv2.project", id);
+  $("#project-select").value = id;
+  [S.classes, S.images] = await Promise.all([
+    api.get(`/api/projects/${id}/classes`),
+    api.get(`/api/projects/${id}/images`),
+  ]);
+  if (!S.classes.some((c) => c.id === S.activeClass)) S.activeClass = S.classes[0]?.id ?? null;
+  renderSettings();
+  renderClasses();
+  renderThumbs();
+  const target = S.images.find((i) => i.id === imageId) || S.images[0];
+  if (target) await openImage(target.id);
+  else showEmpty();
+  updateDownloads();
+  document.body.dataset.project = String(id); // "this project is on screen" (also a hook for tests)
+}
+
+function showEmpty() {
+  S.image = null;
+  S.strokes = [];
+  viewer.clear();
+  $("#empty").hidden = false;
+  $("#empty").textContent = S.project ? "Add an image: upload one or pick one from the server folder." : "Create or open a project, then add an image.";
+  $("#pages").hidden = true;
+  setHash();
+}
+
+function setHash() {
+  const parts = [];
+  if (S.project) parts.push(`p=${S.project.id}`);
+  if (S.image) parts.push(`i=${S.image.id}`);
+  history.replaceState(null, "", parts.length ? `#${parts.join("&")}` : location.pathname);
+}
+
+async function createProject(name) {
+  const project = await api.post("/api/projects", { name });
+  await loadProjects();
+  await openProject(project.id);
+  say(`Project “${project.name}” created. Add an image and two classes to start.`);
+}
+
+// -- images -------------------------------------------------------------------------------------
+function renderThumbs() {
+  const box = $("#thumbs");
+  box.innerHTML = "";
+  const files = new Map();
+  for (const im of S.images) if (!files.has(im.file_id)) files.set(im.file_id, im);
+  for (const im of files.values()) {
+    const card = document.createElement("button");
+    card.className = "thumb";
+    card.dataset.fileId = im.file_id;
+    card.title = `${im.name} — ${im.width}×${im.height}, ${im.dtype}${im.n_pages > 1 ? `, ${im.n_pages} pages` : ""}`;
+    const img = document.createElement("img");
+    img.src = `/api/images/${im.id}/thumb.png`;
+    img.alt = im.name;
+    const cap = document.createElement("span");
+    cap.textContent = im.n_pages > 1 ? `${im.name} (${im.n_pages}p)` : im.name;
+    card.append(img, cap);
+    card.onclick = () => openImage(im.id).catch(fail);
+    box.append(card);
+  }
+  markThumb();
+}
+
+function markThumb() {
+  for (const el of document.querySelectorAll(".thumb")) {
+    el.classList.toggle("selected", S.image && Number(el.dataset.fileId) === S.image.file_id);
+  }
+  const pages = S.image ? S.images.filter((i) => i.file_id === S.image.file_id) : [];
+  $("#pages").hidden = pages.length < 2;
+  if (pages.length > 1) $("#page-label").textContent = `page ${S.image.page + 1}/${pages.length}`;
+}
+
+function turnPage(delta) {
+  if (!S.image) return;
+  const pages = S.images.filter((i) => i.file_id === S.image.file_id);
+  const next = pages.find((p) => p.page === S.image.page + delta);
+  if (next) openImage(next.id).catch(fail);
+}
+
+async function openImage(id) {
+  const image = S.images.find((i) => i.id === id) || (await api.get(`/api/images/${id}`));
+  S.image = image;
+  S.prediction = null;
+  $("#empty").hidden = true;
+  markThumb();
+  setHash();
+  await viewer.setImage(`/api/images/${id}/display.png`, image.width, image.height);
+  const strokes = await api.get(`/api/images/${id}/strokes`);
+  if (S.image.id !== id) return;
+  S.strokes = strokes.concat(pendingFor(id));
+  redrawStrokes();
+  updateDownloads();
+  await refreshPrediction();
+  if (S.image.id === id) prefetchFeatures(id);
+}
+
+async function prefetchFeatures(id) {
+  try {
+    const job = await api.post(`/api/images/${id}/features`);
+    if (job.state !== "done") await track(job, "Features");
+  } catch (err) {
+    fail(err);
+  }
+}
+
+async function uploadFiles(files) {
+  let last = null;
+  for (const file of files) {
+    const form = new FormData();
+    form.append("file", file, file.name);
+    say(`Uploading ${file.name}…`);
+    try {
+      const added = await api.post(`/api/projects/${S.project.id}/images`, form);
+      last = added[0];
+      say(`Added ${file.name}${added.length > 1 ? ` (${added.length} pages)` : ""}`);
+    } catch (err) {
+      fail(err);
+    }
+  }
+  await reloadImages(last?.id);
+}
+
+async function reloadImages(openId) {
+  S.images = await api.get(`/api/projects/${S.project.id}/images`);
+  renderThumbs();
+  if (openId) await openImage(openId);
+}
+
+async function loadDataFiles() {
+  const data = await api.get("/api/data");
+  $("#data-section").hidden = !data.available;
+  const sel = $("#data-files");
+  sel.innerHTML = "";
+  for (const f of data.files) sel.append(new Option(f, f));
+}
+
+// -- model settings -----------------------------------------------------------------------------
+function renderSettings() {
+  const o = S.options;
+  const p = S.project;
+  const anyDeep = o.backbones.some((b) => b.available);
+  const kind = $("#feature-kind");
+  kind.innerHTML = "";
+  for (const k of o.kinds) {
+    const opt = new Option(k === "classical" || anyDeep ? k : `${k} — unavailable: no weights`, k);
+    opt.disabled = k !== "classical" && !anyDeep;
+    kind.append(opt);
+  }
+  kind.value = p.features.kind;
+  const bb = $("#backbone");
+  bb.innerHTML = "";
+  for (const b of o.backbones) {
+    const opt = new Option(b.available ? b.name : `${b.name} — unavailable: no weights`, b.name);
+    opt.disabled = !b.available;
+    opt.title = b.reason || "";
+    bb.append(opt);
+  }
+  bb.value = p.features.backbone;
+  const stride = $("#stride");
+  stride.innerHTML = "";
+  stride.append(new Option("default", ""));
+  for (const s of o.strides) stride.append(new Option(String(s), s));
+  stride.value = p.features.stride ?? "";
+  $("#deep-settings").classList.toggle("muted", p.features.kind === "classical");
+  const selected = o.backbones.find((b) => b.name === bb.value) || o.backbones[0];
+  const note = $("#feature-note");
+  note.hidden = !selected || selected.available;
+  if (selected && !selected.available) note.textContent = `Deep features unavailable: no weights. ${selected.reason}`;
+  const cl = $("#classifier");
+  cl.innerHTML = "";
+  for (const c of o.classifiers) cl.append(new Option(c.replace("_", " "), c));
+  cl.value = p.classifier;
+  $("#auto-train").checked = p.auto_train;
+}
+
+async function patchProject(body) {
+  try {
+    S.project = await api.patch(`/api/projects/${S.project.id}`, body);
+  } catch (err) {
+    fail(err);
+  }
+  renderSettings();
+}
+
+function featureSettings() {
+  const stride = $("#stride").value;
+  return { kind: $("#feature-kind").value, backbone: $("#backbone").value, stride: stride ? Number(stride) : null };
+}
+
+// -- training and prediction --------------------------------------------------------------------
+let trainTimer = null;
+function scheduleTrain() {
+  clearTimeout(trainTimer);
+  trainTimer = setTimeout(() => train(), 150);
+}
+
+async function train() {
+  if (!S.project) return;
+  if (S.training) {
+    S.trainAgain = true;
+    return;
+  }
+  S.training = true;
+  $("#train").disabled = true;
+  try {
+    await S.queue; // every stroke painted so far is on the server
+    const job = await api.post(`/api/projects/${S.project.id}/train`, { image_id: S.image?.id ?? null });
+    const final = await track(job, "Training");
+    if (final.state === "done") {
+      S.project = await api.get(`/api/projects/${S.project.id}`);
+      if (S.image && final.result.image_id === S.image.id) await refreshPrediction();
+      updateDownloads();
+    }
+  } catch (err) {
+    fail(err);
+  } finally {
+    S.training = false;
+    $("#train").disabled = false;
+  }
+  if (S.trainAgain) {
+    S.trainAgain = false;
+    train();
+  }
+}
+
+async function refreshPrediction() {
+  if (!S.image) return;
+  const id = S.image.id;
+  const meta = await api.get(`/api/images/${id}`);
+  // a prediction from before a class was deleted has the old class values: not shown
+  const pred = meta.prediction_version > 0 && S.project.has_model ? await api.getPrediction(id, S.view) : null;
+  if (S.image?.id !== id) return;
+  Object.assign(S.image, meta);
+  S.prediction = pred;
+  if (!pred) {
+    viewer.clearOverlay();
+  } else {
+    drawPrediction();
+  }
+  if (S.project.has_model && meta.prediction_version !== S.project.model_version) predictCurrent();
+  updateDownloads();
+}
+
+async function predictCurrent() {
+  const id = S.image.id;
+  try {
+    const job = await api.post(`/api/images/${id}/predict`);
+    const final = await track(job, "Predicting");
+    if (final.state === "done" && S.image?.id === id) await refreshPrediction();
+  } catch (err) {
+    fail(err);
+  }
+}
+
+function drawPrediction() {
+  if (!S.prediction) return;
+  const palette = S.view === "labels" ? Object.fromEntries(S.classes.map((c) => [c.value, hexToRgb(c.color)])) : null;
+  viewer.setOverlay(S.prediction, palette, S.prediction.version);
+}
+
+async function applyAll() {
+  if (!S.project) return;
+  try {
+    const job = await api.post(`/api/projects/${S.project.id}/apply`);
+    $("#apply-all").disabled = true;
+    const final = await track(job, "Apply to all");
+    if (final.state === "done") {
+      const skipped = final.result.skipped || [];
+      const note = skipped.length ? ` Skipped ${skipped.map((x) => x.name).join(", ")}: ${skipped[0].reason}` : "";
+      say(`Applied the model to ${final.result.n_images} image(s). Results are ready to download.${note}`, skipped.length ? "error" : "info");
+      [S.images, S.project] = await Promise.all([
+        api.get(`/api/projects/${S.project.id}/images`),
+        api.get(`/api/projects/${S.project.id}`),
+      ]);
+      await refreshPrediction();
+    }
+  } catch (err) {
+    fail(err);
+  } finally {
+    $("#apply-all").disabled = false;
+    updateDownloads();
+  }
+}
+
+function updateDownloads() {
+  const p = S.project;
+  const hasModel = p && p.has_model;
+  const hasPred = S.image && S.prediction;
+  const links = {
+    "#dl-labels": hasPred ? `/api/images/${S.image.id}/labels.png` : null,
+    "#dl-proba": hasPred ? `/api/images/${S.image.id}/probabilities.tif` : null,
+    "#dl-csv": p && p.has_phase_fractions ? `/api/projects/${p.id}/phase_fractions.csv` : null,
+    "#dl-model": hasModel ? `/api/projects/${p.id}/model.skops` : null,
+    "#dl-zip": hasModel ? `/api/projects/${p.id}/results.zip` : null,
+  };
+  for (const [sel, href] of Object.entries(links)) {
+    const a = $(sel);
+    if (href) a.href = href;
+    else a.removeAttribute("href");
+    a.classList.toggle("disabled", !href);
+  }
+}
+
+// -- wiring -------------------------------------------------------------------------------------
+function bindUi() {
+  $("#project-select").onchange = (e) => e.target.value && openProject(Number(e.target.value)).catch(fail);
+  $("#new-project-form").onsubmit = (e) => {
+    e.preventDefault();
+    const name = $("#new-project-name").value.trim();
+    if (!name) return say("Type a name for the new project.", "error");
+    $("#new-project-name").value = "";
+    createProject(name).catch(fail);
+  };
+  $("#upload").onchange = (e) => {
+    if (!S.project) return say("Create a project first.", "error");
+    uploadFiles([...e.target.files]).catch(fail);
+    e.target.value = "";
+  };
+  $("#add-data").onclick = async () => {
+    if (!S.project) return say("Create a project first.", "error");
+    try {
+      const added = await api.post(`/api/projects/${S.project.id}/images/from-data`, { path: $("#data-files").value });
+      await reloadImages(added[0].id);
+    } catch (err) {
+      fail(err);
+    }
+  };
+  $("#page-prev").onclick = () => turnPage(-1);
+  $("#page-next").onclick = () => turnPage(1);
+  $("#add-class").onclick = () => addClass().catch(fail);
+  const size = $("#brush-size");
+  size.oninput = () => { $("#size-value").textContent = size.value; };
+  $("#undo").onclick = () => undoRedo("undo");
+  $("#redo").onclick = () => undoRedo("redo");
+  $("#fit").onclick = () => viewer.fit();
+  $("#feature-kind").onchange = () => patchProject({ features: featureSettings() });
+  $("#backbone").onchange = () => patchProject({ features: featureSettings() });
+  $("#stride").onchange = () => patchProject({ features: featureSettings() });
+  $("#classifier").onchange = (e) => patchProject({ classifier: e.target.value });
+  $("#auto-train").onchange = (e) => patchProject({ auto_train: e.target.checked });
+  $("#train").onclick = () => train();
+  $("#apply-all").onclick = () => applyAll();
+  $("#show-overlay").onchange = (e) => viewer.setOverlayVisible(e.target.checked);
+  $("#show-strokes").onchange = (e) => viewer.setStrokesVisible(e.target.checked);
+  $("#opacity").oninput = (e) => viewer.setOverlayOpacity(Number(e.target.value) / 100);
+  viewer.setOverlayOpacity(Number($("#opacity").value) / 100);
+  for (const r of document.querySelectorAll("input[name=view]")) {
+    r.onchange = () => { S.view = r.value; renderLegend(); refreshPrediction().catch(fail); };
+  }
+  for (const a of document.querySelectorAll("a.dl")) {
+    a.addEventListener("click", (e) => { if (a.classList.contains("disabled")) e.preventDefault(); });
+  }
+  window.addEventListener("keydown", (e) => {
+    if (isTyping(e)) return;
+    const ctrl = e.ctrlKey || e.metaKey;
+    if (ctrl && e.key.toLowerCase() === "z") { e.preventDefault(); undoRedo(e.shiftKey ? "redo" : "undo"); }
+    else if (ctrl && e.key.toLowerCase() === "y") { e.preventDefault(); undoRedo("redo"); }
+    else if (ctrl) return;
+    else if (e.key === "b") $("#tool-brush").checked = true;
+    else if (e.key === "e") $("#tool-eraser").checked = true;
+    else if (e.key === "f") viewer.fit();
+    else if (e.key === "[" || e.key === "]") {
+      size.value = Number(size.value) + (e.key === "]" ? 2 : -2);
+      size.oninput();
+    } else if (/^[1-9]$/.test(e.key) && S.classes[Number(e.key) - 1]) selectClass(S.classes[Number(e.key) - 1].id);
+  });
+}
+
+async function main() {
+  Object.assign(hooks, { viewer, scheduleTrain, drawPrediction, updateDownloads });
+  bindUi();
+  $("#size-value").textContent = $("#brush-size").value;
+  try {
+    [S.info, S.options] = await Promise.all([api.get("/api/info"), api.get("/api/features/options")]);
+    await flushPending();
+    await loadProjects();
+    await loadDataFiles();
+    const hash = new URLSearchParams(location.hash.slice(1));
+    const pid = Number(hash.get("p") || localStorage.getItem("hrdv2.project"));
+    const target = S.projects.find((p) => p.id === pid) || S.projects[S.projects.length - 1];
+    if (target) await openProject(target.id, Number(hash.get("i")) || null);
+    else showEmpty();
+    document.body.dataset.ready = "1";
+  } catch (err) {
+    fail(err);
+  }
+}
+
+main();

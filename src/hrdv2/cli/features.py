@@ -1,0 +1,168 @@
+"""``hrdv2 features``: featurise images with HR-Dv2 and write features and pictures.
+
+With no image given it uses scikit-image's bundled immunohistochemistry micrograph, so the
+command works on a fresh install. Without pretrained weights (offline, nothing cached, no
+--weights) it says how to supply them and falls back to classical features, which need none.
+"""
+
+from __future__ import annotations
+
+import resource
+import shutil
+import time
+from pathlib import Path
+
+import click
+import numpy as np
+
+from hrdv2.errors import ConfigError, WeightsUnavailableError
+from hrdv2.io import expand_inputs, read_image, write_image, write_npy
+
+SAMPLE_NAME = "skimage_immunohistochemistry"
+
+
+def peak_rss_gb() -> float:
+    """Peak resident memory of this process so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+
+
+def parse_int_list(text: str, what: str) -> tuple[int, ...]:
+    try:
+        values = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise ConfigError(f"--{what} takes comma-separated integers like 1,2; got {text!r}.") from None
+    return values
+
+
+def build_transforms(shift_list: tuple[int, ...], pattern: str, use_flips: bool, use_rotations: bool):
+    from hrdv2.transforms import Identity, flips, product, rotations, shifts
+
+    sets = [shifts(shift_list, pattern) if shift_list else [Identity()]]
+    if use_flips:
+        sets.append(flips())
+    if use_rotations:
+        sets.append(rotations())
+    return product(*sets)
+
+
+def load_inputs(images: tuple[str, ...]) -> list[tuple[str, np.ndarray]]:
+    if not images:
+        from skimage import data
+
+        click.echo(f"no image given: using scikit-image's sample '{SAMPLE_NAME}' (512x512 RGB micrograph)")
+        return [(SAMPLE_NAME, data.immunohistochemistry())]
+    return [(p.stem, read_image(p)) for p in expand_inputs(list(images))]
+
+
+def write_features(path: Path, array: np.ndarray, fmt: str) -> Path:
+    """npy via hrdv2.io (atomic); zarr into a temporary folder that is then renamed into place."""
+    if fmt == "npy":
+        return write_npy(path.with_suffix(".npy"), array)
+    import zarr
+
+    target = path.with_suffix(".zarr")
+    tmp = target.with_name(f".{target.name}.part")
+    shutil.rmtree(tmp, ignore_errors=True)
+    z = zarr.open_array(str(tmp), mode="w", shape=array.shape, chunks=(min(64, array.shape[0]), 256, 256),
+                        dtype=array.dtype)
+    z[:] = array
+    old = target.with_name(f".{target.name}.old")
+    if target.exists():
+        target.rename(old)
+    tmp.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
+    return target
+
+
+def _classical_fallback(name: str, image: np.ndarray, out: Path, pca_png: bool) -> None:
+    from hrdv2.features.pca import pca_rgb
+    from hrdv2.features.sets import FeatureConfig, compute_features
+
+    t0 = time.perf_counter()
+    feats = compute_features(image, FeatureConfig(kind="classical"))  # (H, W, F)
+    secs = time.perf_counter() - t0
+    if pca_png:
+        write_image(out / f"{name}_classical_pca.png", pca_rgb(np.moveaxis(feats, -1, 0)))
+    click.echo(f"{name}: {image.shape[1]}x{image.shape[0]} | classical features ({feats.shape[-1]} channels, no weights "
+               f"needed) | {secs:.2f} s | peak RSS {peak_rss_gb():.2f} GB -> {out}")
+
+
+@click.command()
+@click.argument("images", nargs=-1, type=click.Path())
+@click.option("--backbone", default="dinov2_vits14", show_default=True, help="Backbone name (see `hrdv2 backbones`).")
+@click.option("--weights", default=None, help="Local checkpoint file, or 'random' for the untrained architecture. "
+              "Default: official pretrained weights (downloaded once, cached).")
+@click.option("--stride", type=int, default=None, help="Patch-embedding stride S, 1 <= S <= patch size (default: patch size).")
+@click.option("--shifts", "shift_text", default="1,2", show_default=True, help="Shift distances in px ('' for none).")
+@click.option("--pattern", type=click.Choice(["moore", "neumann"]), default="moore", show_default=True)
+@click.option("--flips/--no-flips", default=False, show_default=True, help="Also average over flips (x4).")
+@click.option("--rotations/--no-rotations", default=False, show_default=True, help="Also average over 90° turns (x4).")
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", show_default=True,
+              help="ViT compute dtype; accumulation is float32.")
+@click.option("--batch-size", type=int, default=4, show_default=True, help="Transformed copies per ViT call (bounds memory).")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), default="hrdv2-out", show_default=True)
+@click.option("--format", "fmt", type=click.Choice(["npy", "zarr", "none"]), default="npy", show_default=True,
+              help="Feature file format, (C, H, W) float32.")
+@click.option("--pca-png/--no-pca-png", default=True, show_default=True, help="Write a PCA picture of the features.")
+@click.option("--attention-png/--no-attention-png", default=True, show_default=True,
+              help="Write the CLS attention (mean over heads) as a heat map.")
+@click.option("--fallback/--no-fallback", default=True, show_default=True,
+              help="Without weights, fall back to classical features instead of failing.")
+def features(images, backbone, weights, stride, shift_text, pattern, flips, rotations, dtype, batch_size, device,
+             out_dir, fmt, pca_png, attention_png, fallback) -> None:
+    """Featurise IMAGES (files or folders) with HR-Dv2; no IMAGES: a bundled sample micrograph."""
+    from hrdv2.backbones import load_backbone
+
+    out = Path(out_dir)
+    inputs = load_inputs(images)
+    shift_list = parse_int_list(shift_text, "shifts")
+    try:
+        bb = load_backbone(backbone, weights=weights, device=device)
+    except WeightsUnavailableError as exc:
+        if not fallback or weights is not None:
+            raise
+        click.secho(f"warning: {exc}", fg="yellow", err=True)
+        click.secho("falling back to classical features (no weights needed); no attention map without a ViT.",
+                    fg="yellow", err=True)
+        for name, image in inputs:
+            _classical_fallback(name, image, out, pca_png)
+        return
+    from hrdv2.features.pca import heatmap_rgb, pca_rgb
+    from hrdv2.upsample import HighResFeaturizer
+
+    tfs = build_transforms(shift_list, pattern, flips, rotations)
+    fz = HighResFeaturizer(bb, stride=stride, transforms=tfs, batch_size=batch_size, dtype=dtype,
+                           progress=True)
+    if not bb.pretrained:
+        click.secho(f"note: {bb.describe()}: features are NOT meaningful, only the mechanics are.", fg="yellow", err=True)
+    for name, image in inputs:
+        res = fz(image)
+        feats = res.features.numpy()
+        written = []
+        if fmt != "none":
+            written.append(write_features(out / f"{name}_features", feats, fmt))
+        if pca_png:
+            written.append(write_image(out / f"{name}_pca.png", pca_rgb(feats)))
+        if attention_png and res.attention is not None:
+            written.append(write_image(out / f"{name}_attention.png", heatmap_rgb(res.mean_attention())))
+        i = res.info
+        click.echo(
+            f"{name}: {image.shape[1]}x{image.shape[0]} | {i['backbone']} | stride {i['stride']} grid "
+            f"{i['grid'][1]}x{i['grid'][0]} | {i['transforms']} transforms | {i['dtype']} | {i['seconds']:.2f} s "
+            f"(ViT {i['vit_seconds']:.2f} s) | peak RSS {peak_rss_gb():.2f} GB | features {tuple(feats.shape)} -> {out}"
+        )
+
+
+@click.command()
+def backbones() -> None:
+    """List the named backbones and whether their official weights are already cached."""
+    import torch
+
+    from hrdv2.backbones import REGISTRY
+
+    cache = Path(torch.hub.get_dir()) / "checkpoints"
+    for name, spec in sorted(REGISTRY.items()):
+        cached = spec.filename is not None and (cache / spec.filename).exists()
+        click.echo(f"{name:20s} {spec.timm_name:32s} {'cached' if cached else 'not cached'}  {spec.url}")
+    click.echo("Any timm ViT: timm:<name>, e.g. timm:vit_base_patch16_224.augreg_in21k")

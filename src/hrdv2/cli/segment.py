@@ -1,0 +1,195 @@
+"""`hrdv2 train | apply | evaluate`: scribble segmentation from the command line.
+
+train    image + scribble pairs -> a .skops model (carries feature config and class names)
+apply    model + files / folders / multi-page TIFF stacks -> label images, optional
+         probability maps, and phase_fractions.csv (class area fractions per image / page)
+evaluate predictions vs ground truth -> per-class IoU, mIoU, pixel accuracy
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import sys
+from pathlib import Path
+
+import click
+import numpy as np
+from tqdm import tqdm
+
+from hrdv2.errors import HRDv2Error, ShapeError
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated numbers, got {text!r}") from None
+
+
+@click.command()
+@click.option("--image", "images", multiple=True, required=True, type=click.Path(path_type=Path),
+              help="Training image (repeat; paired in order with --scribble).")
+@click.option("--scribble", "scribbles", multiple=True, required=True, type=click.Path(path_type=Path),
+              help="Scribble label map: 0 = unlabelled, 1..K = class (repeat).")
+@click.option("--features", "kind", type=click.Choice(["classical", "deep", "hybrid"]), default="classical",
+              show_default=True, help="Feature set; deep/hybrid need backbone weights (--weights).")
+@click.option("--classifier", type=click.Choice(["logistic", "random_forest", "gradient_boosting"]),
+              default="random_forest", show_default=True)
+@click.option("--sigmas", default="1,2,4,8,16", show_default=True, help="Classical filter scales (px).")
+@click.option("--backbone", default="dinov2_vits14", show_default=True)
+@click.option("--weights", default=None, help="Backbone weights file (.pth), or 'random' (untrained, testing only).")
+@click.option("--stride", type=int, default=None, help="ViT patch stride (default: patch size).")
+@click.option("--flips/--no-flips", default=False, help="Also average over flips (deep features).")
+@click.option("--pca", "pca_components", type=int, default=None, help="Compress deep features to K channels.")
+@click.option("--crf/--no-crf", default=False, show_default=True, help="Dense-CRF clean-up of predictions.")
+@click.option("--max-samples", type=int, default=20_000, show_default=True,
+              help="Cap on training pixels (class-balanced sampling beyond it).")
+@click.option("--class-names", default=None, help="Comma-separated names of classes 1..K.")
+@click.option("--cache", "cache_dir", type=click.Path(path_type=Path), default=None,
+              help="Feature cache folder (re-training after new strokes skips featurising).")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Model file to write (.skops).")
+def train(images, scribbles, kind, classifier, sigmas, backbone, weights, stride, flips, pca_components, crf,
+          max_samples, class_names, cache_dir, device, out) -> None:
+    """Train a segmenter on image + scribble pairs."""
+    from hrdv2.features.sets import FeatureConfig
+    from hrdv2.io import read_image, read_labels
+    from hrdv2.segmentation import Segmenter
+
+    if len(images) != len(scribbles):
+        raise click.UsageError(f"give one --scribble per --image ({len(images)} images, {len(scribbles)} scribbles).")
+    config = FeatureConfig(kind=kind, sigmas=_floats(sigmas), backbone=backbone, weights=weights, stride=stride,
+                           flips=flips, pca_components=pca_components, device=device)
+    names = [n.strip() for n in class_names.split(",")] if class_names else None
+    seg = Segmenter(config, classifier=classifier, crf=crf, max_samples=max_samples, class_names=names,
+                    cache_dir=cache_dir)
+    imgs, scrs = [], []
+    for ip, sp in zip(images, scribbles):
+        im = read_image(ip)
+        imgs.append(im)
+        scrs.append(read_labels(sp, im.shape[:2]))
+    feats = []
+    for ip, im in tqdm(list(zip(images, imgs)), desc="featurising", unit="img", disable=None):
+        feats.append(seg.featurise(im))
+    seg.fit(imgs, scrs, feats, names=[str(s) for s in scribbles])
+    seg.save(out)
+    click.echo(f"trained {seg!r} on {seg.n_train_pixels_} pixels of {len(imgs)} image(s); "
+               f"classes {dict(zip(seg.classes_.tolist(), seg.class_names))}; wrote {out}")
+
+
+def _read_pages(path: Path) -> list[np.ndarray]:
+    """All pages of ``path``; a TIFF whose pages differ in size is refused (tifffile would split it
+    into several series and ``read_stack`` would silently keep only the first)."""
+    from hrdv2.io import TIFF_SUFFIXES, read_stack
+
+    if path.suffix.lower() in TIFF_SUFFIXES and path.is_file():
+        import tifffile
+
+        try:
+            with tifffile.TiffFile(path) as tif:
+                shapes = [tuple(p.shape[:2]) for p in tif.pages]
+        except Exception:  # unreadable: let read_stack report it
+            shapes = []
+        for i, sh in enumerate(shapes):
+            if sh != shapes[0]:
+                raise ShapeError(f"{path}: page {i} is {sh} but page 0 is {shapes[0]}; all pages of a stack must "
+                                 "share a size (split the stack or crop the pages).")
+    return read_stack(path)
+
+
+def _out_name(path: Path, multi: bool, ext: str) -> str:
+    return f"{path.stem}_labels{'.tif' if multi else ext}"
+
+
+@click.command(name="apply")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Output folder.")
+@click.option("--format", "fmt", type=click.Choice(["png", "tif"]), default="png", show_default=True,
+              help="Label image type for single images (stacks are always written as multi-page TIFF).")
+@click.option("--proba/--no-proba", default=False, help="Also write float32 probability maps (STEM_proba.tif).")
+@click.option("--crf/--no-crf", default=None, help="Override the model's CRF setting.")
+def apply(model, inputs, out_dir, fmt, proba, crf) -> None:
+    """Segment files, folders and multi-page TIFF stacks with a trained MODEL."""
+    from hrdv2.io import expand_inputs, write_image, write_text_atomic
+    from hrdv2.segmentation import Segmenter
+
+    seg = Segmenter.load(model)
+    if crf is not None:
+        seg.crf = crf
+    files = expand_inputs(list(inputs))
+    if not files:
+        raise HRDv2Error(f"no images found in {', '.join(map(str, inputs))}.")
+    rows: list[list] = []
+    failed: list[str] = []
+    for path in tqdm(files, desc="applying", unit="file", disable=None):
+        try:
+            pages = _read_pages(path)
+            labels, probs = [], []
+            for page in tqdm(pages, desc=path.name, unit="page", leave=False, disable=len(pages) < 2):
+                p = seg.predict_proba(page)
+                lab = seg.classes_.astype(np.uint8)[np.argmax(p, axis=-1)]
+                labels.append(lab)
+                if proba:
+                    probs.append(p)
+            multi = len(pages) > 1
+            write_image(out_dir / _out_name(path, multi, "." + fmt), np.stack(labels) if multi else labels[0])
+            if proba:
+                write_image(out_dir / f"{path.stem}_proba.tif", np.stack(probs) if multi else probs[0])
+            for i, lab in enumerate(labels):
+                counts = np.bincount(lab.ravel(), minlength=int(seg.classes_.max()) + 1)
+                rows.append([str(path), i] + [counts[c] / lab.size for c in seg.classes_])
+        except (HRDv2Error, OSError) as exc:
+            failed.append(str(path))
+            tqdm.write(click.style(f"skipped {path}: {exc}", fg="yellow"), file=sys.stderr)
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["file", "page"] + [seg.class_names[c - 1] if c - 1 < len(seg.class_names) else f"class {c}"
+                                   for c in seg.classes_])
+    for r in rows:
+        w.writerow(r[:2] + [f"{v:.6f}" for v in r[2:]])
+    if rows:
+        write_text_atomic(out_dir / "phase_fractions.csv", buf.getvalue())
+    click.echo(f"segmented {len(files) - len(failed)} of {len(files)} file(s) into {out_dir}")
+    if failed:
+        click.secho(f"{len(failed)} file(s) failed: {', '.join(failed)}", fg="red", err=True)
+        sys.exit(1)
+
+
+@click.command()
+@click.argument("preds", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--gt", "gts", multiple=True, required=True, type=click.Path(path_type=Path),
+              help="Ground-truth label map(s), paired in order with PREDS (0 = ignore).")
+@click.option("--class-names", default=None, help="Comma-separated names of classes 1..K, for the table.")
+def evaluate(preds, gts, class_names) -> None:
+    """Per-class IoU, mIoU and pixel accuracy of predicted label maps against ground truth."""
+    from hrdv2.io import read_stack
+    from hrdv2.metrics.segmentation import confusion_matrix, iou_per_class, mean_iou, pixel_accuracy
+
+    gts = list(gts)
+    if len(gts) == 1 and len(preds) > 1 and Path(gts[0]).is_dir():
+        gts = [Path(gts[0]) / Path(p).name.replace("_labels", "_gt") for p in preds]
+    if len(preds) != len(gts):
+        raise click.UsageError(f"give one --gt per prediction ({len(preds)} predictions, {len(gts)} --gt).")
+    pairs = []
+    for pp, gp in zip(preds, gts):
+        pr, gt = read_stack(pp), read_stack(gp)
+        if len(pr) != len(gt) or pr[0].shape != gt[0].shape:
+            raise ShapeError(f"{pp} ({len(pr)} page(s) of {pr[0].shape}) does not match {gp} "
+                             f"({len(gt)} page(s) of {gt[0].shape}).")
+        for a, b in zip(pr, gt):
+            if a.ndim != 2 or b.ndim != 2:
+                raise ShapeError(f"{pp} / {gp}: label maps must be single-channel.")
+            pairs.append((a.astype(np.int64), b.astype(np.int64)))
+    k = max(int(max(a.max(), b.max())) for a, b in pairs)
+    cm = sum(confusion_matrix(a, b, k) for a, b in tqdm(pairs, desc="scoring", disable=len(pairs) < 8))
+    names = [n.strip() for n in class_names.split(",")] if class_names else []
+    ious = iou_per_class(cm)
+    click.echo(f"{'class':<24}{'IoU':>8}{'pixels':>12}")
+    for c in range(1, k + 1):
+        name = names[c - 1] if c - 1 < len(names) else f"class {c}"
+        iou = ious[c - 1]
+        click.echo(f"{c:>2} {name:<21}{'-' if np.isnan(iou) else f'{iou:.4f}':>8}{int(cm[c].sum()):>12}")
+    click.echo(f"mIoU            {mean_iou(cm):.4f}")
+    click.echo(f"pixel accuracy  {pixel_accuracy(cm):.4f}")

@@ -1,0 +1,63 @@
+"""``hrdv2 serve``: the local web app for painting scribbles, training and exporting."""
+
+from __future__ import annotations
+
+import ipaddress
+from pathlib import Path
+
+import click
+
+from hrdv2.errors import ConfigError
+
+
+def default_project_dir() -> Path:
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("hrdv2")) / "app"
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+@click.command()
+@click.option("--data", "data_dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Server-side folder of images the page may add (read-only; nothing outside it is reachable).")
+@click.option("--project-dir", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="Where projects, strokes, models and the feature cache live [default: user data dir].")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Interface to bind. Anything but loopback exposes the app to your network (no login!).")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--max-upload-mb", default=256, show_default=True, type=click.IntRange(1, 100_000),
+              help="Largest accepted upload.")
+def serve(data_dir: Path | None, project_dir: Path | None, host: str, port: int, max_upload_mb: int) -> None:
+    """Start the web app on http://HOST:PORT (from a remote GPU box: ssh -L 8000:127.0.0.1:8000 box)."""
+    import uvicorn
+
+    from hrdv2.app.server import create_app
+
+    if data_dir is not None and not data_dir.is_dir():
+        raise ConfigError(f"--data {data_dir}: no such folder. Give the folder that holds your images.")
+    project_dir = project_dir or default_project_dir()
+    loopback = _is_loopback(host)
+    if not loopback:
+        click.secho(
+            f"warning: binding {host}: anyone who can reach this machine on port {port} can read and change your "
+            "projects (there is no login). Prefer the default 127.0.0.1 with an SSH tunnel.",
+            fg="yellow", err=True,
+        )
+    app = create_app(
+        project_dir,
+        data_dir,
+        max_upload_bytes=max_upload_mb * 1024 * 1024,
+        allowed_hosts=["127.0.0.1", "localhost", "::1", "[::1]"] if loopback else None,
+    )
+    shown = f"[{host}]" if ":" in host else host
+    click.echo(f"hrdv2 app: projects in {project_dir}" + (f", images from {data_dir}" if data_dir else ""))
+    click.echo(f"open http://{shown}:{port}/  (Ctrl+C to stop)")
+    uvicorn.run(app, host=host, port=port, log_level="warning")

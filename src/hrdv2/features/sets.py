@@ -1,0 +1,229 @@
+"""Feature sets for pixel classifiers: ``classical``, ``deep`` (HR-Dv2) and ``hybrid`` (both).
+
+One frozen :class:`FeatureConfig` describes how an image is featurised; it is saved with every
+trained model so a model applied later featurises the same way, and its :meth:`FeatureConfig.key`
+names cache entries. Deep features need a backbone; without weights the backbone loader raises
+:class:`~hrdv2.errors.WeightsUnavailableError`, whose message says how to get them; classical
+features never need anything beyond this package.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import threading
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+
+from hrdv2.errors import ConfigError, ShapeError
+from hrdv2.features.classical import ALL_FILTERS, DEFAULT_SIGMAS, classical_features, feature_names
+
+KINDS = ("classical", "deep", "hybrid")
+NORMALISE = ("percentile", "none")
+PERCENTILES = (0.5, 99.5)
+Progress = Callable[[int, int], None] | None
+
+# fields that change how features are computed but not their values (excluded from the key)
+_RUNTIME_FIELDS = ("device", "batch_size")
+
+
+@dataclass(frozen=True)
+class FeatureConfig:
+    """How to featurise an image. JSON-able via :meth:`to_dict` / :meth:`from_dict`."""
+
+    kind: str = "classical"
+    sigmas: tuple[float, ...] = DEFAULT_SIGMAS
+    filters: tuple[str, ...] = ALL_FILTERS
+    backbone: str = "dinov2_vits14"
+    weights: str | None = None
+    stride: int | None = None
+    shifts: tuple[int, ...] = (1, 2)
+    pattern: str = "moore"
+    flips: bool = False
+    pca_components: int | None = None
+    normalise: str = "percentile"
+    device: str = "cpu"
+    batch_size: int = 4
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ConfigError(f"unknown feature set {self.kind!r}; choose one of {list(KINDS)}.")
+        object.__setattr__(self, "sigmas", tuple(float(s) for s in self.sigmas))
+        object.__setattr__(self, "filters", tuple(self.filters))
+        object.__setattr__(self, "shifts", tuple(int(s) for s in self.shifts))
+        if self.normalise not in NORMALISE:
+            raise ConfigError(f"normalise must be one of {list(NORMALISE)}, got {self.normalise!r}.")
+        if self.pca_components is not None and int(self.pca_components) < 1:
+            raise ConfigError(f"pca_components must be a positive integer or None, got {self.pca_components!r}.")
+        if self.uses_classical:
+            feature_names(1, self.sigmas, self.filters)  # validates sigmas / filters early
+
+    @property
+    def uses_classical(self) -> bool:
+        return self.kind in ("classical", "hybrid")
+
+    @property
+    def uses_deep(self) -> bool:
+        return self.kind in ("deep", "hybrid")
+
+    def replace(self, **changes: Any) -> "FeatureConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        for k in ("sigmas", "filters", "shifts"):
+            d[k] = list(d[k])
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "FeatureConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ConfigError(f"feature config has unknown field(s) {sorted(unknown)}; known: {sorted(known)}.")
+        return cls(**d)
+
+    def key(self) -> str:
+        """Stable short string naming what the features depend on (not device / batch size)."""
+        d = {k: v for k, v in self.to_dict().items() if k not in _RUNTIME_FIELDS}
+        if not self.uses_classical:
+            d.pop("sigmas"), d.pop("filters")
+        if not self.uses_deep:
+            for k in ("backbone", "weights", "stride", "shifts", "pattern", "flips", "pca_components"):
+                d.pop(k)
+        digest = hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+        return f"{self.kind}-{digest}"
+
+
+def standardise(
+    x: np.ndarray, mean: np.ndarray | None = None, std: np.ndarray | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-channel z-score of (..., F) features (statistics over all pixels unless given)."""
+    flat = x.reshape(-1, x.shape[-1])
+    if mean is None:
+        mean = flat.mean(axis=0, dtype=np.float64).astype(np.float32)
+    if std is None:
+        std = flat.std(axis=0, dtype=np.float64).astype(np.float32)
+    std = np.maximum(std, np.float32(1e-6))
+    return ((x - mean) / std).astype(np.float32, copy=False), mean, std
+
+
+def n_image_channels(image: np.ndarray) -> int:
+    return 1 if image.ndim == 2 else int(image.shape[-1])
+
+
+# --------------------------------------------------------------------------- deep features
+
+_BACKBONES: dict[tuple, Any] = {}
+_LOCK = threading.Lock()
+
+
+def _featurizer(config: FeatureConfig):
+    """Build (once per backbone / weights / device) the HR-Dv2 featurizer for this config."""
+    from hrdv2.backbones import load_backbone
+    from hrdv2.upsample import HighResFeaturizer
+    from hrdv2 import transforms as T
+
+    key = (config.backbone, config.weights, config.device)
+    with _LOCK:
+        if key not in _BACKBONES:
+            _BACKBONES[key] = load_backbone(config.backbone, weights=config.weights, device=config.device)
+    backbone = _BACKBONES[key]
+    tfs = T.shifts(config.shifts, config.pattern) if config.shifts else [T.Identity()]
+    if config.flips:
+        tfs = T.product(tfs, T.flips())
+    return HighResFeaturizer(backbone, stride=config.stride, transforms=tfs, batch_size=config.batch_size, attention=False)
+
+
+def describe_backbone(config: FeatureConfig) -> str:
+    """e.g. "dinov2_vits14 (random weights, UNTRAINED)": what a benchmark must state."""
+    if not config.uses_deep:
+        return "none (classical features)"
+    _featurizer(config)
+    return _BACKBONES[(config.backbone, config.weights, config.device)].describe()
+
+
+def deep_features(image: np.ndarray, config: FeatureConfig, progress: Progress = None) -> np.ndarray:
+    """(H, W, C) float32 HR-Dv2 features (before any PCA)."""
+    from hrdv2.io import to_float01
+
+    fz = _featurizer(config)
+    img = image if image.dtype == np.uint8 else to_float01(image)
+    res = fz(img, progress_callback=progress)
+    feats = res.features if hasattr(res, "features") else res
+    arr = feats.detach().cpu().float().numpy() if hasattr(feats, "detach") else np.asarray(feats, np.float32)
+    return np.ascontiguousarray(np.moveaxis(arr, 0, -1))
+
+
+def pca_reduce(x: np.ndarray, k: int, random_state: int = 0) -> np.ndarray:
+    """Per-image PCA of (H, W, C) to (H, W, k) (the HR-Dv2 visualisation / compression step)."""
+    from hrdv2.features.pca import PCA
+
+    h, w, c = x.shape
+    if k >= c:
+        return x
+    flat = x.reshape(-1, c)
+    pca = PCA(k, random_state=random_state).fit(flat)
+    out = pca.transform(flat)
+    out = out.detach().cpu().numpy() if hasattr(out, "detach") else np.asarray(out)
+    return out.reshape(h, w, k).astype(np.float32)
+
+
+# --------------------------------------------------------------------------- entry point
+
+def normalise_image(image: np.ndarray, mode: str = "percentile") -> np.ndarray:
+    """float32 image in [0, 1]. ``percentile``: per channel, stretch the 0.5..99.5 percentiles to
+    0..1 and clip, so models transfer between micrographs of different brightness / contrast
+    (e.g. isb_0 spans 6..248 grey levels, the NASA images of the same alloy 107..158).
+    ``none``: uint8 / 255, other types min-max rescaled (``hrdv2.io.to_float01``)."""
+    from hrdv2.io import to_float01
+
+    if mode == "none":
+        return to_float01(image)
+    x = image.astype(np.float32)
+    chans = x[..., None] if x.ndim == 2 else x
+    flat = chans.reshape(-1, chans.shape[-1])
+    step = max(1, flat.shape[0] // 262144)  # percentiles of a strided subsample: same to ~0.1 %
+    lo, hi = np.percentile(flat[::step], PERCENTILES, axis=0)
+    span = np.where(hi > lo, hi - lo, 1.0).astype(np.float32)
+    out = np.clip((chans - lo.astype(np.float32)) / span, 0.0, 1.0)
+    return out[..., 0] if x.ndim == 2 else out
+
+
+def compute_features(image: np.ndarray, config: FeatureConfig, progress: Progress = None) -> np.ndarray:
+    """(H, W, F) float32 features of one image.
+
+    ``hybrid`` = per-image standardised classical features next to per-image standardised deep
+    features (so neither block dominates by scale). ``pca_components`` compresses the deep block
+    with a PCA fitted on this image; a :class:`~hrdv2.segmentation.Segmenter` instead fits one PCA
+    on its training pixels so features of new images stay comparable.
+    """
+    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[-1] not in (1, 3)) or min(image.shape[:2]) < 4:
+        raise ShapeError(f"expected an (H, W) grey or (H, W, 3) colour image of at least 4x4 px, got {image.shape}.")
+    if image.ndim == 3 and image.shape[-1] == 1:
+        image = image[..., 0]
+    image = normalise_image(image, config.normalise)
+    if config.kind == "classical":
+        return classical_features(image, config.sigmas, config.filters, progress=progress)
+    n_steps = 2 if config.kind == "hybrid" else 1
+
+    def sub(step: int) -> Progress:
+        if progress is None:
+            return None
+        return lambda d, t: progress(step * 100 + int(100 * d / max(t, 1)), n_steps * 100)
+
+    deep = deep_features(image, config, progress=sub(n_steps - 1))
+    if config.pca_components:
+        deep = pca_reduce(deep, int(config.pca_components))
+    if config.kind == "deep":
+        return deep
+    cls = classical_features(image, config.sigmas, config.filters, progress=sub(0))
+    return np.concatenate([standardise(cls)[0], standardise(deep)[0]], axis=-1)
+
+
+def n_classical(config: FeatureConfig, n_channels: int) -> int:
+    """How many leading channels of a hybrid feature map are classical."""
+    return len(feature_names(n_channels, config.sigmas, config.filters)) if config.uses_classical else 0

@@ -1,0 +1,529 @@
+"""HTTP API of the web app (FastAPI TestClient): every endpoint, and every refusal the issue names.
+
+Images are real micrograph crops (../shared/data/superalloy/isb_1: dark particles in a bright
+matrix) so training and prediction are checked against what the image shows.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import threading
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+from fastapi.testclient import TestClient
+from PIL import Image
+
+from hrdv2.app.server import create_app
+from hrdv2.io import read_image, read_labels
+
+CROP = (slice(0, 160), slice(0, 160))
+
+
+def _png(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def _wait(client: TestClient, job: dict, timeout: float = 120) -> dict:
+    deadline = time.time() + timeout
+    while job["state"] not in ("done", "failed", "cancelled"):
+        assert time.time() < deadline, f"job {job} did not finish in {timeout} s"
+        time.sleep(0.05)
+        job = client.get(f"/api/jobs/{job['id']}").json()
+    return job
+
+
+@pytest.fixture(scope="module")
+def micrograph(shared_data) -> tuple[np.ndarray, np.ndarray]:
+    """A 160x160 crop of isb_1 and its ground truth (1 = particles, 2 = matrix)."""
+    image = read_image(shared_data / "superalloy" / "isb_1.png")[CROP]
+    gt = read_labels(shared_data / "superalloy" / "isb_1_gt.png")[CROP]
+    assert set(np.unique(gt)) == {1, 2}
+    return image, gt
+
+
+@pytest.fixture
+def dirs(tmp_path, micrograph) -> tuple[Path, Path]:
+    data = tmp_path / "data"
+    (data / "sub").mkdir(parents=True)
+    (data / "crop.png").write_bytes(_png(micrograph[0]))
+    (data / "sub" / "nested.png").write_bytes(_png(micrograph[0][:64, :64]))
+    (data / "notes.txt").write_text("not an image")
+    (data / "fake.png").write_text("not an image either")
+    (tmp_path / "secret.png").write_bytes(_png(micrograph[0][:32, :32]))
+    (data / "escape.png").symlink_to(tmp_path / "secret.png")
+    return tmp_path / "projects", data
+
+
+@pytest.fixture
+def client(dirs):
+    with TestClient(create_app(dirs[0], dirs[1])) as c:
+        yield c
+
+
+def _project(client: TestClient, name: str = "p") -> dict:
+    r = client.post("/api/projects", json={"name": name})
+    assert r.status_code == 201, r.text
+    return r.json()
+
+
+def _upload(client: TestClient, pid: int, data: bytes, name: str = "img.png", status: int = 201):
+    r = client.post(f"/api/projects/{pid}/images", files={"file": (name, data, "application/octet-stream")})
+    assert r.status_code == status, r.text
+    return r.json()
+
+
+def _two_classes(client: TestClient, pid: int) -> tuple[dict, dict]:
+    a = client.post(f"/api/projects/{pid}/classes", json={"name": "particle", "color": "#FF0000"})
+    b = client.post(f"/api/projects/{pid}/classes", json={"name": "matrix", "color": "#00ff00"})
+    assert a.status_code == b.status_code == 201
+    return a.json(), b.json()
+
+
+def _paint_from_gt(client: TestClient, iid: int, gt: np.ndarray, classes: tuple[dict, dict], n: int = 6) -> None:
+    """Dot strokes at pixels well inside each class's region."""
+    from scipy import ndimage
+
+    for value, cls in zip((1, 2), classes):
+        dist = ndimage.distance_transform_edt(np.pad(gt == value, 1))[1:-1, 1:-1]
+        ys, xs = np.nonzero(dist >= 4)
+        pick = np.linspace(0, len(ys) - 1, n).astype(int)
+        for y, x in zip(ys[pick], xs[pick]):
+            r = client.post(f"/api/images/{iid}/strokes",
+                            json={"tool": "brush", "class_id": cls["id"], "radius": 2.0, "points": [[x + 0.5, y + 0.5]]})
+            assert r.status_code == 201, r.text
+
+
+@pytest.fixture
+def trained(client, micrograph):
+    """A project with one painted micrograph and a trained (classical, logistic) model."""
+    image, gt = micrograph
+    p = _project(client)
+    client.patch(f"/api/projects/{p['id']}", json={"classifier": "logistic"})
+    img = _upload(client, p["id"], _png(image))[0]
+    classes = _two_classes(client, p["id"])
+    _paint_from_gt(client, img["id"], gt, classes)
+    job = _wait(client, client.post(f"/api/projects/{p['id']}/train", json={"image_id": img["id"]}).json())
+    assert job["state"] == "done", job
+    return p, img, classes
+
+
+# -- server, schema, options -----------------------------------------------------------------
+def test_health_info_and_openapi(client):
+    assert client.get("/api/health").json()["status"] == "ok"
+    info = client.get("/api/info").json()
+    assert info["data_dir"] is True and info["max_upload_bytes"] > 0
+    paths = client.get("/openapi.json").json()["paths"]
+    for route in client.app.routes:
+        path = getattr(route, "path", "")
+        if path.startswith("/api/"):
+            assert path in paths, f"{path} missing from the OpenAPI schema"
+    page = client.get("/")
+    assert page.status_code == 200 and "app.js" in page.text
+    assert client.get("/static/app.js").status_code == 200
+
+
+def test_feature_options_report_weights(client):
+    from hrdv2.backbones import list_backbones
+
+    opts = client.get("/api/features/options").json()
+    assert opts["kinds"] == ["classical", "deep", "hybrid"]
+    assert {b["name"] for b in opts["backbones"]} == set(list_backbones())
+    for b in opts["backbones"]:
+        assert b["available"] or (b["reason"] and "not in" in b["reason"])
+
+
+# -- projects --------------------------------------------------------------------------------
+def test_projects_create_list_get_patch(client):
+    p = _project(client, "alloy")
+    assert p["features"]["kind"] == "classical" and p["model_version"] == 0
+    assert [q["name"] for q in client.get("/api/projects").json()] == ["alloy"]
+    assert client.get(f"/api/projects/{p['id']}").json()["name"] == "alloy"
+    r = client.patch(f"/api/projects/{p['id']}", json={"name": "alloy 2", "classifier": "logistic", "auto_train": True})
+    assert r.status_code == 200 and r.json()["classifier"] == "logistic" and r.json()["auto_train"] is True
+    assert client.get("/api/projects").json()[0]["name"] == "alloy 2"
+
+
+def test_project_refusals(client):
+    assert client.get("/api/projects/999").status_code == 404
+    assert client.patch("/api/projects/999", json={"name": "x"}).status_code == 404
+    assert client.post("/api/projects", json={"name": ""}).status_code == 422
+    p = _project(client)
+    assert client.patch(f"/api/projects/{p['id']}", json={"classifier": "svm"}).status_code == 422
+    assert client.patch(f"/api/projects/{p['id']}", json={"bogus": 1}).status_code == 422
+
+
+def test_deep_features_refused_without_weights(client):
+    opts = client.get("/api/features/options").json()
+    p = _project(client)
+    for b in opts["backbones"]:
+        r = client.patch(f"/api/projects/{p['id']}", json={"features": {"kind": "deep", "backbone": b["name"]}})
+        if b["available"]:
+            assert r.status_code == 200
+        else:
+            assert r.status_code == 409 and "unavailable" in r.json()["detail"] and b["reason"] in r.json()["detail"]
+    assert client.get(f"/api/projects/{p['id']}").json()["features"]["kind"] in ("classical", "deep")
+
+
+# -- classes ---------------------------------------------------------------------------------
+def test_classes_add_rename_recolour_delete(client, micrograph):
+    p = _project(client)
+    a, b = _two_classes(client, p["id"])
+    assert (a["value"], b["value"], a["color"]) == (1, 2, "#ff0000")
+    r = client.patch(f"/api/classes/{a['id']}", json={"name": "gamma prime", "color": "#0000ff"})
+    assert r.json()["name"] == "gamma prime" and r.json()["color"] == "#0000ff"
+    img = _upload(client, p["id"], _png(micrograph[0]))[0]
+    client.post(f"/api/images/{img['id']}/strokes", json={"tool": "brush", "class_id": a["id"], "radius": 3, "points": [[5, 5]]})
+    client.post(f"/api/images/{img['id']}/strokes", json={"tool": "brush", "class_id": b["id"], "radius": 3, "points": [[50, 50]]})
+    r = client.delete(f"/api/classes/{a['id']}")
+    assert r.status_code == 200 and r.json()["strokes_removed"] == 1
+    left = client.get(f"/api/projects/{p['id']}/classes").json()
+    assert [(c["name"], c["value"]) for c in left] == [("matrix", 1)]  # values stay 1..K
+    strokes = client.get(f"/api/images/{img['id']}/strokes").json()
+    assert [s["class_id"] for s in strokes] == [b["id"]]
+    scribbles = np.asarray(Image.open(io.BytesIO(client.get(f"/api/images/{img['id']}/scribbles.png").content)))
+    assert scribbles[50, 50] == 1 and scribbles[5, 5] == 0
+
+
+def test_class_refusals(client):
+    p = _project(client)
+    _two_classes(client, p["id"])
+    assert client.post(f"/api/projects/{p['id']}/classes", json={"name": "matrix", "color": "#123456"}).status_code == 409
+    assert client.post(f"/api/projects/{p['id']}/classes", json={"name": "x", "color": "red"}).status_code == 422
+    assert client.post("/api/projects/999/classes", json={"name": "x", "color": "#123456"}).status_code == 404
+    assert client.get("/api/projects/999/classes").status_code == 404
+    assert client.patch("/api/classes/999", json={"name": "y"}).status_code == 404
+    assert client.delete("/api/classes/999").status_code == 404
+
+
+# -- images ----------------------------------------------------------------------------------
+def test_upload_formats_and_pages(client, micrograph):
+    image = micrograph[0]
+    p = _project(client)
+    grey = _upload(client, p["id"], _png(image), "grey.png")
+    assert len(grey) == 1 and (grey[0]["width"], grey[0]["height"], grey[0]["channels"]) == (160, 160, 1)
+    rgb = np.stack([image, 255 - image, image // 2], axis=-1)
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="JPEG", quality=95)
+    jpg = _upload(client, p["id"], buf.getvalue(), "colour.jpg")
+    assert jpg[0]["channels"] == 3
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, (image.astype(np.uint16) * 200))
+    t16 = _upload(client, p["id"], buf.getvalue(), "deep.tif")
+    assert t16[0]["dtype"] == "uint16"
+    display = np.asarray(Image.open(io.BytesIO(client.get(f"/api/images/{t16[0]['id']}/display.png").content)))
+    assert display.dtype == np.uint8 and display.min() == 0 and display.max() == 255  # 16-bit rescaled to show
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, np.stack([image, image[::-1], image[:, ::-1]]), photometric="minisblack")
+    stack = _upload(client, p["id"], buf.getvalue(), "stack.tif")
+    assert [s["page"] for s in stack] == [0, 1, 2] and {s["n_pages"] for s in stack} == {3}
+    assert len({s["file_id"] for s in stack}) == 1
+    listed = client.get(f"/api/projects/{p['id']}/images").json()
+    assert [i["name"] for i in listed] == ["grey.png", "colour.jpg", "deep.tif"] + ["stack.tif"] * 3
+    assert client.get(f"/api/images/{stack[1]['id']}").json()["page"] == 1
+    thumb = Image.open(io.BytesIO(client.get(f"/api/images/{grey[0]['id']}/thumb.png").content))
+    assert max(thumb.size) <= 160
+    shown = np.asarray(Image.open(io.BytesIO(client.get(f"/api/images/{grey[0]['id']}/display.png").content)))
+    assert np.array_equal(shown, image)
+
+
+def test_upload_refusals(dirs, micrograph):
+    with TestClient(create_app(dirs[0], max_upload_bytes=20_000, max_pixels=100_000)) as c:
+        p = _project(c)
+        noise = np.random.default_rng(0).integers(0, 255, (200, 200), dtype=np.uint8)
+        r = c.post(f"/api/projects/{p['id']}/images", files={"file": ("big.png", _png(noise), "image/png")})
+        assert r.status_code == 413 and "limit" in r.json()["detail"]
+        _upload(c, p["id"], b"hello, I am text pretending" * 10, "evil.png", status=415)
+        _upload(c, p["id"], b"\x89PNG\r\n\x1a\n" + b"\x00" * 200, "broken.png", status=415)
+        _upload(c, p["id"], b"<svg xmlns='http://www.w3.org/2000/svg'/>", "x.svg", status=415)
+        huge = io.BytesIO()
+        Image.fromarray(np.zeros((400, 400), np.uint8)).save(huge, format="PNG")  # compresses tiny, 160k px
+        _upload(c, p["id"], huge.getvalue(), "bomb.png", status=413)
+        _upload(c, 999, _png(micrograph[0][:20, :20]), status=404)
+        ok = _upload(c, p["id"], _png(micrograph[0][:40, :40]), "../../etc/passwd.png")
+        assert ok[0]["name"] == "passwd.png"  # the client's name is a label, never a path
+        assert not any(Path(dirs[0]).rglob("passwd.png"))
+        assert c.get("/api/images/999").status_code == 404
+        assert c.get("/api/projects/999/images").status_code == 404
+
+
+def test_data_folder_listing_and_add(client):
+    files = client.get("/api/data").json()
+    assert files["available"] and files["files"] == ["crop.png", "escape.png", "fake.png", "sub/nested.png"]
+    p = _project(client)
+    r = client.post(f"/api/projects/{p['id']}/images/from-data", json={"path": "sub/nested.png"})
+    assert r.status_code == 201 and r.json()[0]["source"] == "data" and r.json()[0]["width"] == 64
+
+
+@pytest.mark.parametrize("path,status", [
+    ("../secret.png", 400), ("sub/../../secret.png", 400), ("/etc/passwd", 400), ("..\\secret.png", 400),
+    ("escape.png", 400),  # symlink leading out of the data folder
+    ("missing.png", 404), ("notes.txt", 404), ("fake.png", 415), ("sub", 404),
+])
+def test_data_folder_refusals(client, path, status):
+    p = _project(client)
+    r = client.post(f"/api/projects/{p['id']}/images/from-data", json={"path": path})
+    assert r.status_code == status, r.text
+
+
+def test_data_folder_absent(dirs):
+    with TestClient(create_app(dirs[0])) as c:
+        assert c.get("/api/data").json() == {"available": False, "files": []}
+        p = _project(c)
+        assert c.post(f"/api/projects/{p['id']}/images/from-data", json={"path": "crop.png"}).status_code == 404
+
+
+# -- strokes ---------------------------------------------------------------------------------
+def test_strokes_paint_erase_undo_redo(client, micrograph):
+    p = _project(client)
+    img = _upload(client, p["id"], _png(micrograph[0]))[0]
+    a, b = _two_classes(client, p["id"])
+    url = f"/api/images/{img['id']}"
+    s1 = client.post(f"{url}/strokes", json={"tool": "brush", "class_id": a["id"], "radius": 3, "points": [[10, 10], [40, 10]]})
+    assert s1.status_code == 201 and s1.json()["points"] == [[10, 10], [40, 10]]
+    client.post(f"{url}/strokes", json={"tool": "eraser", "radius": 2, "points": [[25.5, 5], [25.5, 15]]})
+    scr = np.asarray(Image.open(io.BytesIO(client.get(f"{url}/scribbles.png").content)))
+    assert scr[10, 12] == 1 and scr[10, 25] == 0 and scr[20, 20] == 0
+    assert scr[7, 20] == 1 and scr[5, 20] == 0  # radius 3 around y = 10, pixel centres
+    undo = client.post(f"{url}/undo").json()
+    assert undo["changed"] and [s["tool"] for s in undo["strokes"]] == ["brush"]
+    redo = client.post(f"{url}/redo").json()
+    assert redo["changed"] and [s["tool"] for s in redo["strokes"]] == ["brush", "eraser"]
+    assert client.post(f"{url}/redo").json()["changed"] is False
+    client.post(f"{url}/undo")
+    client.post(f"{url}/strokes", json={"tool": "brush", "class_id": b["id"], "radius": 1, "points": [[80, 80]]})
+    assert client.post(f"{url}/redo").json()["changed"] is False  # a new stroke drops the redo history
+    assert [s["class_id"] for s in client.get(f"{url}/strokes").json()] == [a["id"], b["id"]]
+    client.post(f"{url}/undo")
+    client.post(f"{url}/undo")
+    assert client.post(f"{url}/undo").json() == {"changed": False, "strokes": []}
+
+
+@pytest.mark.parametrize("body", [
+    {"tool": "brush", "radius": 3, "points": [[1, 1]]},  # brush without class
+    {"tool": "brush", "class_id": "CLS", "radius": 3, "points": []},  # no points
+    {"tool": "brush", "class_id": "CLS", "radius": -1, "points": [[1, 1]]},
+    {"tool": "brush", "class_id": "CLS", "radius": 3, "points": [[1, 2, 3]]},
+    {"tool": "brush", "class_id": "CLS", "radius": 3, "points": [[1, "x"]]},
+    {"tool": "brush", "class_id": "CLS", "radius": 3, "points": [[float("nan"), 1]]},
+    {"tool": "pencil", "class_id": "CLS", "radius": 3, "points": [[1, 1]]},
+    {"tool": "eraser", "class_id": "CLS", "radius": 3, "points": [[1, 1]]},  # eraser takes no class
+    {"tool": "brush", "class_id": "CLS", "radius": 3, "points": [[1, 1]], "extra": True},
+    {"tool": "brush", "class_id": "CLS", "radius": 3, "points": [[5000, 5000]]},  # outside the image
+    {"tool": "brush", "class_id": "CLS", "radius": 3, "points": "1,1"},
+])
+def test_malformed_strokes_refused(client, micrograph, body):
+    p = _project(client)
+    img = _upload(client, p["id"], _png(micrograph[0]))[0]
+    a, _ = _two_classes(client, p["id"])
+    body = {k: (a["id"] if v == "CLS" else v) for k, v in body.items()}
+    r = client.post(f"/api/images/{img['id']}/strokes", content=json.dumps(body), headers={"Content-Type": "application/json"})
+    assert r.status_code == 422, r.text
+    assert client.get(f"/api/images/{img['id']}/strokes").json() == []
+
+
+def test_stroke_refusals_unknown_ids(client, micrograph):
+    p, q = _project(client), _project(client, "other")
+    img = _upload(client, p["id"], _png(micrograph[0]))[0]
+    foreign, _ = _two_classes(client, q["id"])
+    stroke = {"tool": "brush", "class_id": 999, "radius": 3, "points": [[1, 1]]}
+    assert client.post(f"/api/images/{img['id']}/strokes", json=stroke).status_code == 404
+    stroke["class_id"] = foreign["id"]
+    assert client.post(f"/api/images/{img['id']}/strokes", json=stroke).status_code == 422
+    for method, url in [("post", "/api/images/999/strokes"), ("get", "/api/images/999/strokes"),
+                        ("post", "/api/images/999/undo"), ("post", "/api/images/999/redo"),
+                        ("get", "/api/images/999/scribbles.png"), ("get", "/api/images/999/display.png"),
+                        ("get", "/api/images/999/thumb.png"), ("post", "/api/images/999/features"),
+                        ("get", "/api/images/999/prediction"), ("get", "/api/images/999/labels.png"),
+                        ("get", "/api/images/999/probabilities.tif"), ("post", "/api/images/999/predict"),
+                        ("post", "/api/projects/999/train"), ("post", "/api/projects/999/apply"),
+                        ("get", "/api/projects/999/model.skops"), ("get", "/api/projects/999/phase_fractions.csv"),
+                        ("get", "/api/projects/999/results.zip"), ("get", "/api/jobs/nope"),
+                        ("post", "/api/jobs/nope/cancel"), ("get", "/api/jobs/nope/events")]:
+        kwargs = {"json": stroke if url.endswith("strokes") and method == "post" else {}} if method == "post" else {}
+        assert getattr(client, method)(url, **kwargs).status_code == 404, url
+
+
+# -- jobs, features, training, prediction, exports -------------------------------------------
+def test_features_job_progress_events_and_cache(client, micrograph, dirs):
+    p = _project(client)
+    img = _upload(client, p["id"], _png(micrograph[0]))[0]
+    job = client.post(f"/api/images/{img['id']}/features").json()
+    with client.stream("GET", f"/api/jobs/{job['id']}/events") as stream:
+        events = [json.loads(line[6:]) for line in stream.iter_lines() if line.startswith("data: ")]
+    assert events[-1]["state"] == "done" and events[-1]["result"]["n_features"] > 1
+    fractions = [e["done"] / e["total"] for e in events]
+    assert fractions == sorted(fractions) and fractions[-1] == 1.0
+    cache = Path(dirs[0]) / "cache" / "features"
+    cached = sorted(p.name for p in cache.rglob("*") if p.is_file())
+    assert cached, "features were not written to the on-disk cache"
+    again = _wait(client, client.post(f"/api/images/{img['id']}/features").json())
+    assert again["state"] == "done" and sorted(p.name for p in cache.rglob("*") if p.is_file()) == cached
+
+
+def test_cancel_job(client):
+    started, release = threading.Event(), threading.Event()
+
+    def slow(job):
+        started.set()
+        for i in range(1000):
+            job.report(i, 1000, stage="waiting")
+            release.wait(0.01)
+        return {"finished": True}
+
+    job = client.app.state.hrdv2.jobs.submit("test", slow)
+    assert started.wait(5)
+    r = client.post(f"/api/jobs/{job.id}/cancel")
+    assert r.status_code == 200
+    final = _wait(client, client.get(f"/api/jobs/{job.id}").json(), timeout=5)
+    assert final["state"] == "cancelled" and final["result"] is None
+
+
+def test_train_refuses_without_two_classes(client, micrograph):
+    p = _project(client)
+    img = _upload(client, p["id"], _png(micrograph[0]))[0]
+    a, _ = _two_classes(client, p["id"])
+    job = _wait(client, client.post(f"/api/projects/{p['id']}/train", json={}).json())
+    assert job["state"] == "failed" and "paint" in job["error"]
+    client.post(f"/api/images/{img['id']}/strokes", json={"tool": "brush", "class_id": a["id"], "radius": 3, "points": [[5, 5]]})
+    job = _wait(client, client.post(f"/api/projects/{p['id']}/train", json={"image_id": img["id"]}).json())
+    assert job["state"] == "failed" and "two classes" in job["error"] and "particle" in job["error"]
+    assert client.get(f"/api/images/{img['id']}/prediction").status_code == 404
+    assert client.post(f"/api/projects/{p['id']}/apply").status_code == 422
+    assert client.get(f"/api/projects/{p['id']}/model.skops").status_code == 422
+    q = _project(client, "other")
+    assert client.post(f"/api/projects/{q['id']}/train", json={"image_id": img["id"]}).status_code == 404
+
+
+def test_train_predict_overlay(client, trained, micrograph):
+    p, img, _ = trained
+    _, gt = micrograph
+    assert client.get(f"/api/projects/{p['id']}").json()["model_version"] == 1
+    assert client.get(f"/api/images/{img['id']}").json()["prediction_version"] == 1
+    r = client.get(f"/api/images/{img['id']}/prediction")
+    assert r.headers["x-width"] == "160" and r.headers["x-model-version"] == "1"
+    labels = np.frombuffer(r.content, np.uint8).reshape(160, 160)
+    assert set(np.unique(labels)) <= {1, 2}
+    assert (labels == gt).mean() > 0.8, "prediction should follow the particles of the micrograph"
+    unc = np.frombuffer(client.get(f"/api/images/{img['id']}/prediction?view=uncertainty").content, np.uint8)
+    assert unc.max() <= 128  # 1 - max probability of 2 classes is at most 0.5
+    assert client.get(f"/api/images/{img['id']}/prediction?view=bogus").status_code == 422
+    downloaded = np.asarray(Image.open(io.BytesIO(client.get(f"/api/images/{img['id']}/labels.png").content)))
+    assert np.array_equal(downloaded, labels)
+    proba = tifffile.imread(io.BytesIO(client.get(f"/api/images/{img['id']}/probabilities.tif").content))
+    assert proba.shape == (160, 160, 2) and proba.dtype == np.float32
+    assert np.allclose(proba.sum(-1), 1, atol=2e-3)
+    assert np.array_equal(np.argmax(proba, -1) + 1, labels)
+
+
+def test_apply_all_exports_and_model_file(client, trained, micrograph, tmp_path):
+    p, img, classes = trained
+    image, _ = micrograph
+    other = _upload(client, p["id"], _png(np.ascontiguousarray(image[::-1])), "flipped.png")[0]
+    assert client.get(f"/api/images/{other['id']}/prediction").status_code == 404
+    job = _wait(client, client.post(f"/api/projects/{p['id']}/apply").json())
+    assert job["state"] == "done" and job["result"]["n_images"] == 2
+    rows = list(csv.DictReader(io.StringIO(client.get(f"/api/projects/{p['id']}/phase_fractions.csv").text)))
+    assert [(r["file"], r["page"]) for r in rows] == [("img.png", "0"), ("flipped.png", "0")]
+    for row, iid in zip(rows, (img["id"], other["id"])):
+        labels = np.asarray(Image.open(io.BytesIO(client.get(f"/api/images/{iid}/labels.png").content)))
+        assert float(row["particle"]) == pytest.approx((labels == 1).mean(), abs=1e-5)
+        assert float(row["particle"]) + float(row["matrix"]) == pytest.approx(1, abs=1e-5)
+    z = zipfile.ZipFile(io.BytesIO(client.get(f"/api/projects/{p['id']}/results.zip").content))
+    assert sorted(z.namelist()) == sorted([f"labels/{img['id']}_img.png.png", f"labels/{other['id']}_flipped.png.png",
+                                           "phase_fractions.csv", "model.skops"])
+    # the model file is a skops file the library (and so `hrdv2 apply`) loads and that predicts the same
+    model_bytes = client.get(f"/api/projects/{p['id']}/model.skops").content
+    (tmp_path / "m.skops").write_bytes(model_bytes)
+    from hrdv2.segmentation import Segmenter
+
+    seg = Segmenter.load(tmp_path / "m.skops")
+    served = np.asarray(Image.open(io.BytesIO(client.get(f"/api/images/{img['id']}/labels.png").content)))
+    assert np.array_equal(np.asarray(seg.predict(image)), served)
+    from click.testing import CliRunner
+
+    from hrdv2.cli.main import cli
+
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "img.png").write_bytes(_png(image))
+    run = CliRunner().invoke(cli, ["apply", str(tmp_path / "m.skops"), str(tmp_path / "in"), "--out", str(tmp_path / "out")])
+    assert run.exit_code == 0, run.output
+    assert np.array_equal(read_labels(next((tmp_path / "out").glob("img*.png"))), served)
+    cli_rows = list(csv.DictReader(io.StringIO((tmp_path / "out" / "phase_fractions.csv").read_text())))
+    assert float(cli_rows[0]["particle"]) == pytest.approx(float(rows[0]["particle"]), abs=1e-6)
+    # predict endpoint (an image opened after training) refreshes a stale prediction
+    client.post(f"/api/images/{img['id']}/strokes",
+                json={"tool": "brush", "class_id": classes[1]["id"], "radius": 2, "points": [[150, 150]]})
+    job = _wait(client, client.post(f"/api/projects/{p['id']}/train", json={}).json())
+    assert job["state"] == "done" and client.get(f"/api/images/{other['id']}").json()["prediction_version"] == 1
+    job = _wait(client, client.post(f"/api/images/{other['id']}/predict").json())
+    assert job["state"] == "done" and client.get(f"/api/images/{other['id']}").json()["prediction_version"] == 2
+
+
+def test_deleting_a_class_retires_the_model(client, trained):
+    p, img, classes = trained
+    assert client.get(f"/api/projects/{p['id']}").json()["has_model"] is True
+    client.delete(f"/api/classes/{classes[0]['id']}")
+    after = client.get(f"/api/projects/{p['id']}").json()
+    assert after["has_model"] is False and after["model_version"] == 2  # stored predictions are now stale
+    assert client.post(f"/api/projects/{p['id']}/apply").status_code == 422
+    assert client.post(f"/api/images/{img['id']}/predict").status_code == 422
+
+
+def test_everything_survives_a_restart(dirs, micrograph):
+    image, gt = micrograph
+    with TestClient(create_app(dirs[0], dirs[1])) as c:
+        p = _project(c)
+        img = _upload(c, p["id"], _png(image))[0]
+        classes = _two_classes(c, p["id"])
+        _paint_from_gt(c, img["id"], gt, classes)
+        assert _wait(c, c.post(f"/api/projects/{p['id']}/train", json={"image_id": img["id"]}).json())["state"] == "done"
+        strokes = c.get(f"/api/images/{img['id']}/strokes").json()
+        labels = c.get(f"/api/images/{img['id']}/labels.png").content
+    cache_files = sorted(f for f in (Path(dirs[0]) / "cache").rglob("*") if f.is_file())
+    with TestClient(create_app(dirs[0], dirs[1])) as c:
+        assert c.get(f"/api/images/{img['id']}/strokes").json() == strokes
+        assert c.get(f"/api/images/{img['id']}/labels.png").content == labels
+        assert [x["name"] for x in c.get(f"/api/projects/{p['id']}/classes").json()] == ["particle", "matrix"]
+        job = _wait(c, c.post(f"/api/projects/{p['id']}/apply").json())  # model loaded from its skops file
+        assert job["state"] == "done"
+        assert c.get(f"/api/images/{img['id']}/labels.png").content == labels
+    assert sorted(f for f in (Path(dirs[0]) / "cache").rglob("*") if f.is_file()) == cache_files  # no recompute
+
+
+# -- request guards --------------------------------------------------------------------------
+def test_host_allow_list_and_cross_origin_refusal(dirs):
+    app = create_app(dirs[0], allowed_hosts=["127.0.0.1", "localhost"])
+    with TestClient(app, base_url="http://localhost:8000") as c:
+        assert c.get("/api/health").status_code == 200
+        assert c.post("/api/projects", json={"name": "a"}, headers={"Origin": "http://localhost:8000"}).status_code == 201
+        assert c.post("/api/projects", json={"name": "b"}, headers={"Origin": "http://evil.example"}).status_code == 403
+        assert c.post("/api/projects", json={"name": "b"}, headers={"Origin": "null"}).status_code == 403
+        assert [p["name"] for p in c.get("/api/projects").json()] == ["a"]
+    with TestClient(app, base_url="http://rebound.example") as c:
+        assert c.get("/api/projects").status_code == 400
+
+
+def test_serve_cli_warns_off_loopback(monkeypatch, dirs, tmp_path):
+    from click.testing import CliRunner
+
+    import uvicorn
+    from hrdv2.cli.serve import serve
+
+    calls = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: calls.append(kw))
+    runner = CliRunner()
+    r = runner.invoke(serve, ["--project-dir", str(tmp_path / "p"), "--port", "8123"])
+    assert r.exit_code == 0 and "warning" not in r.output and calls[-1]["host"] == "127.0.0.1"
+    r = runner.invoke(serve, ["--project-dir", str(tmp_path / "p"), "--host", "0.0.0.0"])
+    assert r.exit_code == 0 and "warning" in r.output and calls[-1]["host"] == "0.0.0.0"
+    r = runner.invoke(serve, ["--project-dir", str(tmp_path / "p"), "--data", str(tmp_path / "nope")])
+    assert r.exit_code != 0 and "nope" in str(r.output) + str(r.exception)

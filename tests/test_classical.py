@@ -1,0 +1,129 @@
+"""Classical filters on images whose answers are known: constant, step edge, bright disk."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from hrdv2.errors import ConfigError, ShapeError
+from hrdv2.features.classical import ALL_FILTERS, DEFAULT_SIGMAS, classical_features, feature_names
+
+N_PER_SIGMA = 15  # gaussian, gradient, 3 hessian, laplacian, dog, 2 structure, mean, variance, min, max, median, entropy
+
+
+def _feat(img, **kw):
+    f = classical_features(img, **kw)
+    names = feature_names(1 if img.ndim == 2 else img.shape[-1], kw.get("sigmas", DEFAULT_SIGMAS),
+                          kw.get("filters", ALL_FILTERS))
+    return f, {n: f[..., i] for i, n in enumerate(names)}
+
+
+def test_feature_count_and_names():
+    names = feature_names()
+    assert len(names) == 1 + N_PER_SIGMA * len(DEFAULT_SIGMAS) + 5
+    assert len(set(names)) == len(names)
+    assert names[0] == "intensity" and "hessian_det_s4" in names and "membrane_median" in names
+    rgb = feature_names(3)
+    assert len(rgb) == 3 * len(names) and rgb[0] == "c0:intensity" and rgb[-1] == "c2:membrane_min"
+    assert feature_names(1, (2.0,), ("gaussian", "hessian")) == [
+        "gaussian_s2", "hessian_max_s2", "hessian_min_s2", "hessian_det_s2"]
+    img = np.zeros((40, 48), np.uint8)
+    assert classical_features(img).shape == (40, 48, len(names))
+    assert classical_features(np.zeros((40, 48, 3), np.uint8)).shape == (40, 48, len(rgb))
+
+
+def test_constant_image_has_flat_responses():
+    f, d = _feat(np.full((64, 64), 128, np.uint8))
+    assert f.dtype == np.float32 and np.isfinite(f).all()
+    c = 128 / 255
+    for s in ("1", "4", "16"):
+        for name in ("gaussian", "mean", "min", "max", "median"):
+            np.testing.assert_allclose(d[f"{name}_s{s}"], c, atol=1e-5)
+        for name in ("gradient", "hessian_max", "hessian_min", "hessian_det", "laplacian", "dog", "variance",
+                     "entropy", "structure_max", "structure_min"):
+            np.testing.assert_allclose(d[f"{name}_s{s}"], 0, atol=1e-5)
+    np.testing.assert_allclose(d["membrane_std"], 0, atol=1e-5)
+
+
+@pytest.mark.parametrize("pyramid", [True, False])
+def test_step_edge(pyramid):
+    img = np.zeros((64, 96), np.float32)
+    img[:, 48:] = 1.0
+    _, d = _feat(img, pyramid=pyramid, sigmas=(1, 2, 4, 8))
+    row = 32
+    for s in ("1", "2", "4", "8"):
+        g = d[f"gradient_s{s}"][row]
+        # at sigma s the pyramid works on blocks of up to s px: the peak is within half a block
+        assert abs(int(np.argmax(g)) - 47.5) <= float(s) / 2 + 1, f"gradient peak off the edge at sigma {s}"
+        assert g[5] < 0.05 * g.max() and g[-6] < 0.2 * g.max()
+        gauss = d[f"gaussian_s{s}"][row]
+        assert np.all(np.diff(gauss) >= -1e-4), "blurred step must rise monotonically"
+        assert gauss[2] < 0.1 and gauss[-3] > 0.9
+        # Laplacian changes sign across the edge: positive on the dark side, negative on the bright
+        lap = d[f"laplacian_s{s}"][row]
+        assert lap[46] > 0 > lap[49]
+        # structure tensor: one strong direction at the edge (max >> min)
+        assert d[f"structure_max_s{s}"][row, 47] > 10 * abs(d[f"structure_min_s{s}"][row, 47]) + 1e-6
+    # neighbourhood statistics straddle the edge
+    assert d["min_s2"][row, 48] == 0 and d["max_s2"][row, 47] == 1
+    assert d["variance_s2"][row, 48] > 0.1 and d["variance_s2"][row, 10] < 1e-6
+    assert d["entropy_s2"][row, 48] > 0.5 and d["entropy_s2"][row, 10] < 1e-6
+    # sharper blur (smaller sigma) gives a taller, narrower gradient peak
+    assert d["gradient_s1"][row].max() > d["gradient_s4"][row].max() > d["gradient_s8"][row].max()
+
+
+def test_bright_disk_blob_responses():
+    yy, xx = np.mgrid[:96, :96]
+    r = np.hypot(yy - 48, xx - 48)
+    img = (r <= 6).astype(np.float32)
+    _, d = _feat(img)
+    # a bright blob: both Hessian eigenvalues negative at its centre at the matching scale,
+    # so the determinant is positive and the Laplacian negative there, and most negative near it
+    assert d["hessian_max_s4"][48, 48] < 0 and d["hessian_min_s4"][48, 48] < 0
+    assert d["hessian_det_s4"][48, 48] > 0
+    lap = d["laplacian_s4"]
+    assert np.unravel_index(np.argmin(lap), lap.shape) in {(y, x) for y in range(46, 51) for x in range(46, 51)}
+    # DoG: the blob spreads out as sigma grows, so blur(8) - blur(4) is negative on it, positive around it
+    assert d["dog_s8"][48, 48] < 0 < d["dog_s8"][48, 64]
+    # disk statistics (exact at sigma 1, block-approximated at larger sigma)
+    assert d["mean_s1"][48, 48] == pytest.approx(1) and d["min_s1"][48, 48] == 1
+    assert d["mean_s4"][48, 48] > 0.6 > d["mean_s4"][48, 60] > d["mean_s4"][48, 80] - 1e-6
+    assert d["max_s4"][48, 52] == 1 and d["max_s1"][48, 70] == 0 and d["max_s4"][48, 90] == 0
+    assert d["variance_s2"][48, 54] > 0.1 and d["variance_s2"][48, 48] < 1e-6
+    assert d["median_s1"][48, 48] == 1 and d["median_s1"][10, 10] == 0
+    # membrane projections respond more on the bright disk than on the background
+    assert d["membrane_max"][48, 48] > d["membrane_max"][5, 5]
+
+
+def test_pyramid_close_to_exact():
+    rng = np.random.default_rng(1)
+    img = rng.random((128, 128)).astype(np.float32)
+    import scipy.ndimage as ndi
+
+    img = ndi.gaussian_filter(img, 3)
+    img = (img - img.min()) / (img.max() - img.min())
+    filters = ("gaussian", "gradient", "hessian", "dog", "structure")
+    fast, _ = _feat(img, sigmas=(2, 4, 8), filters=filters)
+    exact, _ = _feat(img, sigmas=(2, 4, 8), filters=filters, pyramid=False)
+    for i in range(fast.shape[-1]):
+        span = exact[..., i].max() - exact[..., i].min()
+        err = np.abs(fast[..., i] - exact[..., i])[8:-8, 8:-8].mean()
+        assert err < 0.1 * span
+
+
+def test_threads_match_serial_and_progress():
+    img = (np.random.default_rng(2).random((50, 70)) * 255).astype(np.uint8)
+    calls = []
+    a = classical_features(img, n_threads=1, progress=lambda d, t: calls.append((d, t)))
+    b = classical_features(img, n_threads=3)
+    np.testing.assert_array_equal(a, b)
+    assert calls and calls[-1][0] == calls[-1][1]
+
+
+def test_bad_config_and_shape():
+    with pytest.raises(ConfigError, match="unknown classical filter"):
+        feature_names(1, DEFAULT_SIGMAS, ("gaussian", "sharpness"))
+    with pytest.raises(ConfigError, match="increasing"):
+        classical_features(np.zeros((8, 8)), sigmas=(4, 2))
+    with pytest.raises(ShapeError):
+        classical_features(np.zeros((2, 8, 8, 3)))

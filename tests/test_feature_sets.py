@@ -1,0 +1,114 @@
+"""FeatureConfig round trips and keys, compute_features for each kind, the feature cache."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from hrdv2.errors import ConfigError, ShapeError
+from hrdv2.features.cache import FeatureCache, image_hash
+from hrdv2.features.classical import feature_names
+from hrdv2.features.sets import FeatureConfig, compute_features, normalise_image, standardise
+
+SMALL_DEEP = dict(weights="random", shifts=())  # identity transform only: keeps the ViT cheap on CPU
+
+
+def test_config_round_trip_and_key():
+    c = FeatureConfig(kind="hybrid", sigmas=(1, 3), weights="random", pca_components=8)
+    d = json.loads(json.dumps(c.to_dict()))
+    c2 = FeatureConfig.from_dict(d)
+    assert c2 == c and c2.key() == c.key()
+    assert c.key().startswith("hybrid-")
+    assert c.replace(device="cuda").key() == c.key()  # where it runs does not change the features
+    assert c.replace(sigmas=(1, 2)).key() != c.key()
+    # classical keys ignore deep-only fields, deep keys ignore classical-only ones
+    assert FeatureConfig(backbone="x").key() == FeatureConfig().key()
+    assert FeatureConfig(kind="deep", sigmas=(2,)).key() == FeatureConfig(kind="deep").key()
+    with pytest.raises(ConfigError, match="unknown feature set"):
+        FeatureConfig(kind="fancy")
+    with pytest.raises(ConfigError, match="unknown field"):
+        FeatureConfig.from_dict({"kind": "classical", "colour": 1})
+    with pytest.raises(ConfigError):
+        FeatureConfig(pca_components=0)
+
+
+def test_classical_features_shape_and_names(rng):
+    img = (rng.random((40, 50)) * 255).astype(np.uint8)
+    cfg = FeatureConfig(sigmas=(1, 2))
+    f = compute_features(img, cfg)
+    assert f.shape == (40, 50, len(feature_names(1, (1, 2)))) and f.dtype == np.float32
+    rgb = np.stack([img, img[::-1], img[:, ::-1]], -1)
+    assert compute_features(rgb, cfg).shape[-1] == 3 * f.shape[-1]
+    with pytest.raises(ShapeError):
+        compute_features(np.zeros((40, 50, 5), np.uint8), cfg)
+
+
+def test_percentile_normalisation_makes_features_contrast_invariant(rng):
+    base = rng.random((48, 48)).astype(np.float32)
+    low = (100 + 40 * base).astype(np.uint8)  # a dim, low-contrast copy
+    high = (10 + 240 * base).astype(np.uint8)
+    a = compute_features(low, FeatureConfig(sigmas=(1, 2)))
+    b = compute_features(high, FeatureConfig(sigmas=(1, 2)))
+    assert np.abs(a - b).mean() < 0.05 * np.abs(b).mean()
+    raw = FeatureConfig(sigmas=(1, 2), normalise="none")
+    assert np.abs(compute_features(low, raw) - compute_features(high, raw)).mean() > 0.2 * np.abs(b).mean()
+    n = normalise_image(high)
+    assert n.min() == 0 and n.max() == 1
+
+
+def test_standardise():
+    x = np.random.default_rng(0).normal(3, 2, (10, 10, 4)).astype(np.float32)
+    z, m, s = standardise(x)
+    np.testing.assert_allclose(z.reshape(-1, 4).mean(0), 0, atol=1e-5)
+    np.testing.assert_allclose(z.reshape(-1, 4).std(0), 1, atol=1e-4)
+    z2, _, _ = standardise(x, m, s)
+    np.testing.assert_array_equal(z, z2)
+
+
+def test_deep_and_hybrid_features(rng):
+    img = (rng.random((56, 70)) * 255).astype(np.uint8)
+    deep = compute_features(img, FeatureConfig(kind="deep", **SMALL_DEEP))
+    assert deep.shape == (56, 70, 384) and deep.dtype == np.float32 and np.isfinite(deep).all()
+    hyb = compute_features(img, FeatureConfig(kind="hybrid", sigmas=(1, 2), **SMALL_DEEP))
+    n_cls = len(feature_names(1, (1, 2)))
+    assert hyb.shape == (56, 70, n_cls + 384)
+    # each block standardised on its own
+    flat = hyb.reshape(-1, hyb.shape[-1])
+    assert abs(flat[:, :n_cls].mean()) < 1e-3 and abs(flat[:, n_cls:].mean()) < 1e-3
+    pca = compute_features(img, FeatureConfig(kind="deep", pca_components=6, **SMALL_DEEP))
+    assert pca.shape == (56, 70, 6)
+
+
+def test_deep_without_weights_is_a_clear_error(tmp_path):
+    from hrdv2.errors import WeightsUnavailableError
+
+    with pytest.raises(WeightsUnavailableError, match="classical"):
+        compute_features(np.zeros((28, 28), np.uint8), FeatureConfig(kind="deep", weights=str(tmp_path / "none.pth")))
+
+
+def test_cache_hits_after_first_compute(tmp_path, rng, monkeypatch):
+    img = (rng.random((32, 40)) * 255).astype(np.uint8)
+    cfg = FeatureConfig(sigmas=(1, 2))
+    cache = FeatureCache(tmp_path)
+    a = cache.get_or_compute(img, cfg)
+    assert cache.misses == 1 and cache.path_for(img, cfg).exists()
+    import hrdv2.features.cache as cache_mod
+
+    def boom(*a, **k):
+        raise AssertionError("features recomputed despite a cache entry")
+
+    monkeypatch.setattr(cache_mod, "compute_features", boom)
+    b = FeatureCache(tmp_path).get_or_compute(img.copy(), cfg)  # a fresh cache object, same content
+    np.testing.assert_array_equal(a, b)
+    # a different image or config misses
+    monkeypatch.undo()
+    other = img.copy()
+    other[0, 0] ^= 1
+    assert image_hash(other) != image_hash(img)
+    cache.get_or_compute(other, cfg)
+    cache.get_or_compute(img, cfg.replace(sigmas=(1, 3)))
+    assert cache.misses == 3
+    assert not list(tmp_path.rglob("*.part*"))  # atomic writes leave no temporaries
+    assert cache.clear() == 3
