@@ -129,9 +129,10 @@ def test_garbage_and_missing_files_are_refused(tmp_path):
 
 def test_offline_download_failure_says_how_to_supply_weights(tmp_path, monkeypatch):
     """No network is touched: the download function is replaced by one that fails like an offline machine."""
-    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "fresh-hub"))  # cache folder not there yet
 
     def offline(url, dst, progress=True):
+        assert Path(dst).parent.is_dir(), "the cache folder must exist before downloading into it"
         raise OSError("[Errno -3] Temporary failure in name resolution")
 
     monkeypatch.setattr(torch.hub, "download_url_to_file", offline)

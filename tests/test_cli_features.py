@@ -42,3 +42,26 @@ def test_features_cli_bad_input_is_a_message_not_a_traceback(tmp_path):
     assert res.returncode == 2 and "half the patch size" in res.stderr
     res = run_cli("features", "--weights", str(tmp_path / "w.pth"), "--out", str(tmp_path))
     assert res.returncode == 2 and "does not exist" in res.stderr
+
+
+def test_without_weights_the_cli_explains_and_falls_back_to_classical(shared_data, tmp_path, monkeypatch):
+    """Offline (download replaced by a failing one: no network touched), nothing cached, no --weights."""
+    import torch
+    from click.testing import CliRunner
+
+    from hrdv2.cli.main import cli
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
+
+    def offline(url, dst, progress=True):
+        raise OSError("Name or service not known")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    src = str(shared_data / "superalloy" / "isb_3.png")
+    res = CliRunner().invoke(cli, ["features", src, "--out", str(tmp_path / "out")])
+    assert res.exit_code == 0, res.output
+    assert "--weights /path/to/dinov2_vits14_pretrain.pth" in res.output
+    assert "falling back to classical features" in res.output
+    assert np.asarray(Image.open(tmp_path / "out" / "isb_3_classical_pca.png")).shape == (75, 75, 3)
+    res = CliRunner().invoke(cli, ["features", src, "--no-fallback", "--out", str(tmp_path / "out2")])
+    assert res.exit_code == 2 and "could not download pretrained weights" in res.output

@@ -50,3 +50,22 @@ def test_head_shape_errors():
     head = ClickHead(in_channels=6, hidden=8)
     with pytest.raises(ShapeError, match="click maps"):
         head(torch.zeros(1, 5, 8, 8), torch.zeros(1, 3, 8, 8))
+
+
+def test_iter_training_samples_featurises_a_dataset(tmp_path):
+    from hrdv2.datasets.interactive import InteractiveDataset, ObjectSample
+    from hrdv2.probe.head import iter_training_samples
+
+    gt = np.zeros((40, 60), bool)
+    gt[10:30, 20:40] = True
+    image = np.zeros((40, 60, 3), np.uint8)
+    ds = InteractiveDataset("toy", [ObjectSample("a", tmp_path / "a.png", lambda: (image, gt, np.zeros_like(gt)))])
+
+    class Const:
+        name = "const"
+
+        def __call__(self, img, backbone):
+            return torch.zeros(5, *img.shape[:2])
+
+    (feats, obj, ignore), = iter_training_samples(ds, Const(), backbone=None, max_side=30)
+    assert tuple(feats.shape) == (5, 20, 30) and obj.shape == (20, 30) and obj.sum() == 100

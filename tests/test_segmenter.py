@@ -49,10 +49,12 @@ def test_two_textures_iou_above_0_9(trained):
 
 
 @pytest.mark.parametrize("clf", ["logistic", "gradient_boosting"])
-def test_other_classifiers_learn_too(clf):
+def test_other_classifiers_learn_too(clf, tmp_path):
     img, gt = two_textures()
     seg = Segmenter(CFG, classifier=clf).fit([img], [strokes(gt)])
     assert np.all(iou_per_class(seg.predict(img), gt) > 0.8)
+    back = Segmenter.load(seg.save(tmp_path / f"{clf}.skops"))
+    np.testing.assert_array_equal(back.predict_proba(img), seg.predict_proba(img))
 
 
 def test_save_load_round_trip_identical(trained, tmp_path):

@@ -123,3 +123,14 @@ def test_16bit_and_rgba_inputs_are_converted(tiny_backbone, rng):
     c = HighResFeaturizer(tiny_backbone, transforms=[Identity()])(rgba).features
     d = HighResFeaturizer(tiny_backbone, transforms=[Identity()])(rgba[..., :3]).features
     torch.testing.assert_close(c, d, rtol=0, atol=0)
+
+
+def test_projection_on_the_compressed_grid_equals_projecting_the_output(tiny_backbone, rng):
+    image = rng.integers(0, 256, (33, 40, 3), dtype=np.uint8)
+    fz = HighResFeaturizer(tiny_backbone, stride=7, transforms=shifts((1,)))
+    full = fz(image).features
+    weight = torch.randn(384, 5)
+    projected = fz(image, project=lambda rows: (rows - 1.0) @ weight).features
+    expected = torch.einsum("chw,ck->khw", full - 1.0, weight)
+    assert projected.shape == (5, 33, 40)
+    torch.testing.assert_close(projected, expected, rtol=1e-4, atol=1e-4)

@@ -88,6 +88,7 @@ def download_checkpoint(spec: BackboneSpec) -> dict:
     target = cache / spec.filename
     if not target.exists():
         try:
+            cache.mkdir(parents=True, exist_ok=True)
             torch.hub.download_url_to_file(spec.url, str(target), progress=True)
         except Exception as exc:  # URLError, HTTPError, socket errors...
             raise WeightsUnavailableError(

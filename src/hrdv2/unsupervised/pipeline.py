@@ -325,7 +325,7 @@ def segment_unsupervised(
         fz = featurizer or build_featurizer(backbone, weights, stride, shifts, flips)
         small = resize_for_processing(image, max_side)
         res = fz(small, progress_callback=progress_callback)
-        feats = res.features.detach().float().cpu().numpy()
+        feats = np.ascontiguousarray(res.features.detach().float().cpu().numpy())  # later steps reshape it
         if res.attention is None:
             raise ConfigError("this featurizer returned no CLS attention; the unsupervised workflow needs it.")
         attn = res.attention.detach().float().cpu().numpy()

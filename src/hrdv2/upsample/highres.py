@@ -156,10 +156,14 @@ class HighResFeaturizer:
         self.progress = progress
         self.attention = attention
 
-    def __call__(self, image: np.ndarray | torch.Tensor, progress_callback: ProgressCallback | None = None) -> HighResResult:
-        return self.featurize(image, progress_callback)
+    def __call__(self, image: np.ndarray | torch.Tensor, progress_callback: ProgressCallback | None = None,
+                 project: Callable[[torch.Tensor], torch.Tensor] | None = None) -> HighResResult:
+        return self.featurize(image, progress_callback, project)
 
-    def featurize(self, image: np.ndarray | torch.Tensor, progress_callback: ProgressCallback | None = None) -> HighResResult:
+    def featurize(self, image: np.ndarray | torch.Tensor, progress_callback: ProgressCallback | None = None,
+                  project: Callable[[torch.Tensor], torch.Tensor] | None = None) -> HighResResult:
+        """``project``: an optional per-pixel linear map (N, C) -> (N, k), e.g. a fitted PCA, applied
+        to the compressed grid before expansion, so a (C, H, W) map is never materialised."""
         start = time.perf_counter()
         x = image_to_tensor(image)
         H, W = x.shape[-2:]
@@ -197,7 +201,10 @@ class HighResFeaturizer:
         bar.close()
 
         n = float(len(plans))
-        out = _expand(feats.div_(n), row_class, col_class)
+        feats.div_(n)
+        if project is not None:
+            feats = project(feats.view(-1, feats.shape[-1])).reshape(Hu, Wu, -1).float()
+        out = _expand(feats, row_class, col_class)
         out_attn = None if attn is None else _expand(attn.div_(n), row_class, col_class)
         info = {
             "backbone": self.backbone.describe(),
@@ -207,6 +214,7 @@ class HighResFeaturizer:
             "transforms": len(plans),
             "compressed_grid": (Hu, Wu),
             "dtype": str(self.dtype).replace("torch.", ""),
+            "projected": project is not None,
             "seconds": time.perf_counter() - start,
             "vit_seconds": vit_seconds,
         }

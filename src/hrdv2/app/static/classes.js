@@ -39,7 +39,14 @@ export function selectClass(id) {
   for (const li of document.querySelectorAll("#classes li")) li.classList.toggle("active", Number(li.dataset.classId) === id);
 }
 
-export async function addClass() {
+// Serialised, so quick clicks each get the next free name and colour instead of colliding.
+let adding = Promise.resolve();
+export function addClass() {
+  adding = adding.then(addOneClass).catch(fail);
+  return adding;
+}
+
+async function addOneClass() {
   if (!S.project) return say("Create a project first.", "error");
   const used = new Set(S.classes.map((c) => c.name));
   let n = S.classes.length + 1;
