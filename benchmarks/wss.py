@@ -174,7 +174,7 @@ def run_set(s: dict, kinds: list[str], classifiers: list[str], configs: dict[str
 
 
 _SPEED_CHILD = r"""
-import json, resource, sys, time, numpy as np
+import json, sys, time, numpy as np
 from hrdv2.io import read_image, read_labels
 from hrdv2.segmentation import Segmenter
 from hrdv2.metrics.segmentation import mean_iou
@@ -188,8 +188,10 @@ seg = Segmenter("classical", classifier="random_forest")
 t = time.perf_counter(); f = seg.featurise(im); tf = time.perf_counter() - t
 t = time.perf_counter(); seg.fit([im], [sc], [f]); tt = time.perf_counter() - t
 t = time.perf_counter(); p = seg.predict(im); ta = time.perf_counter() - t
+# VmHWM belongs to this exec'd image (ru_maxrss would carry over the forking parent's peak)
+peak = [int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM")][0] / 1e6
 print(json.dumps({"size": size, "featurise_s": tf, "train_s": tt, "apply_s": ta, "miou": mean_iou(p, gt),
-                  "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6}))
+                  "peak_rss_gb": peak}))
 """
 
 

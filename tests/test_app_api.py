@@ -527,3 +527,28 @@ def test_serve_cli_warns_off_loopback(monkeypatch, dirs, tmp_path):
     assert r.exit_code == 0 and "warning" in r.output and calls[-1]["host"] == "0.0.0.0"
     r = runner.invoke(serve, ["--project-dir", str(tmp_path / "p"), "--data", str(tmp_path / "nope")])
     assert r.exit_code != 0 and "nope" in str(r.output) + str(r.exception)
+
+
+def test_rgb_image_in_a_grey_project_is_skipped_with_the_reason(client, trained, micrograph):
+    p, img, _ = trained
+    grey = micrograph[0]
+    rgb = _upload(client, p["id"], _png(np.stack([grey, grey // 2, 255 - grey], axis=-1)), "colour.png")[0]
+    job = _wait(client, client.post(f"/api/projects/{p['id']}/train", json={"image_id": rgb["id"]}).json())
+    assert job["state"] == "done" and job["result"]["image_id"] is None and "channel" in job["result"]["note"]
+    job = _wait(client, client.post(f"/api/projects/{p['id']}/apply").json())
+    assert job["state"] == "done" and job["result"]["n_images"] == 1
+    assert [s["name"] for s in job["result"]["skipped"]] == ["colour.png"]
+    rows = list(csv.DictReader(io.StringIO(client.get(f"/api/projects/{p['id']}/phase_fractions.csv").text)))
+    assert [r["file"] for r in rows] == ["img.png"]
+
+
+def test_download_of_an_image_with_a_non_ascii_name(client, trained, dirs, micrograph):
+    p, _, _ = trained
+    (dirs[1] / "µm_échantillon.png").write_bytes(_png(micrograph[0][:, ::-1].copy()))
+    added = client.post(f"/api/projects/{p['id']}/images/from-data", json={"path": "µm_échantillon.png"})
+    assert added.status_code == 201 and added.json()[0]["name"] == "µm_échantillon.png"
+    iid = added.json()[0]["id"]
+    assert _wait(client, client.post(f"/api/images/{iid}/predict").json())["state"] == "done"
+    r = client.get(f"/api/images/{iid}/labels.png")
+    assert r.status_code == 200 and r.headers["content-disposition"] == 'attachment; filename="_m__chantillon_labels.png"'
+    assert client.get(f"/api/images/{iid}/probabilities.tif").status_code == 200

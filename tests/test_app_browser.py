@@ -333,6 +333,16 @@ def test_stack_pages_class_delete_and_unavailable_deep_features(server, browser,
         assert "no weights" in page.locator("#feature-note").text_content()
         kinds = page.evaluate("[...document.querySelectorAll('#feature-kind option')].map(o => [o.value, o.disabled])")
         assert kinds == [["classical", False], ["deep", True], ["hybrid", True]]
+    # model settings go to the server
+    page.select_option("#classifier", "random_forest")
+    page.check("#auto-train")
+    pid = page.evaluate("new URLSearchParams(location.hash.slice(1)).get('p')")
+    deadline = time.time() + 10
+    while (page.request.get(f"{server}/api/projects/{pid}").json()["classifier"], page.request.get(
+            f"{server}/api/projects/{pid}").json()["auto_train"]) != ("random_forest", True):
+        assert time.time() < deadline, "classifier / auto-train changes were not saved"
+        time.sleep(0.1)
+
     # a 3-page 16-bit stack: one thumbnail, pages turned with the arrows
     import tifffile
 

@@ -21,8 +21,13 @@ def runner() -> CliRunner:
 
 def test_unsupervised_writes_masks_overlay_and_json(runner, shared_data, tmp_path):
     img = shared_data / "horse" / "horse003.png"
-    res = runner.invoke(cli, ["unsupervised", str(img), "--out", str(tmp_path), *FAST])
+    folder = tmp_path / "in"  # a folder input: its NAME_gt label map must be skipped
+    folder.mkdir()
+    for name in ("horse003.png", "horse003_gt.png"):
+        (folder / name).write_bytes((shared_data / "horse" / name).read_bytes())
+    res = runner.invoke(cli, ["unsupervised", str(folder), "--out", str(tmp_path), *FAST])
     assert res.exit_code == 0, res.output
+    assert sorted(p.name for p in tmp_path.glob("*_boxes.json")) == ["horse003_boxes.json"]
     assert "UNTRAINED" in res.output and "stride 14" in res.output
     image = read_image(img)
     labels = read_image(tmp_path / "horse003_labels.png")

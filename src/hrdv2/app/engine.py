@@ -237,10 +237,14 @@ class Engine:
         version = self.store.bump_model_version(project_id, has_model=True)
         self._models[project_id] = (version, seg)
         self._save_in_background(project_id, version, seg)
+        note = None
         if image_id is not None:
             job.report(len(todo) / n + 0.75 / n, stage="predicting")
-            self.predict(self.store.get_image(image_id), seg, version)
-        return {"model_version": version, "image_id": image_id, "classes": [int(v) for v in present]}
+            try:
+                self.predict(self.store.get_image(image_id), seg, version)
+            except ShapeError as exc:  # the model is fine; this image does not fit it (grey vs RGB)
+                image_id, note = None, str(exc)
+        return {"model_version": version, "image_id": image_id, "classes": [int(v) for v in present], "note": note}
 
     # -- prediction --------------------------------------------------------------------------
     def prediction_paths(self, image: dict) -> tuple[Path, Path]:

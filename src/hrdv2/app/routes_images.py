@@ -252,6 +252,12 @@ def predict(image_id: int, request: Request) -> JobOut:
     return s.jobs.submit("predict", lambda job: s.engine.predict_job(job, image_id), key=f"predict:{image_id}").out()
 
 
+def _download_stem(image: dict) -> str:
+    """An ASCII file stem for Content-Disposition (header values must be latin-1; names may not be)."""
+    stem = Path(image["name"]).stem + (f"_p{image['page'] + 1}" if image["n_pages"] > 1 else "")
+    return "".join(ch if ch.isascii() and (ch.isalnum() or ch in "-_.") else "_" for ch in stem) or f"image{image['id']}"
+
+
 def _prediction(s: AppState, image_id: int) -> tuple[dict, Path, Path]:
     image = s.store.get_image(image_id)
     label_path, proba_path = s.engine.prediction_paths(image)
@@ -283,7 +289,7 @@ def labels_png(image_id: int, request: Request) -> Response:
     """The predicted label image (class values 1..K) as 8-bit PNG."""
     s = state(request)
     image, label_path, _ = _prediction(s, image_id)
-    stem = Path(image["name"]).stem + (f"_p{image['page'] + 1}" if image["n_pages"] > 1 else "")
+    stem = _download_stem(image)
     return Response(label_path.read_bytes(), media_type="image/png",
                     headers={"Content-Disposition": f'attachment; filename="{stem}_labels.png"'})
 
@@ -297,6 +303,6 @@ def probabilities_tif(image_id: int, request: Request) -> Response:
     image, _, proba_path = _prediction(s, image_id)
     buf = io.BytesIO()
     tifffile.imwrite(buf, np.load(proba_path, allow_pickle=False).astype(np.float32))
-    stem = Path(image["name"]).stem + (f"_p{image['page'] + 1}" if image["n_pages"] > 1 else "")
+    stem = _download_stem(image)
     return Response(buf.getvalue(), media_type="image/tiff",
                     headers={"Content-Disposition": f'attachment; filename="{stem}_probabilities.tif"'})

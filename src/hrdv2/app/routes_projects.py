@@ -170,6 +170,6 @@ def download_results(project_id: int, request: Request) -> Response:
 
 
 def _slug(name: str) -> str:
-    out = "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in name).strip("._")
+    out = "".join(ch if ch.isascii() and (ch.isalnum() or ch in "-_.") else "_" for ch in name).strip("._")
     return out or "project"
 

@@ -129,15 +129,20 @@ def write_outputs(out: Path, name: str, image: np.ndarray, res: Any, header: dic
 def unsupervised(images: tuple[str, ...], out_dir: str, **kw: Any) -> None:
     """Foreground masks, class-agnostic label maps and object boxes for IMAGES (files or folders), no labels.
 
+    In folders, NAME_gt.* and NAME_scribble.* label maps are skipped.
+
     Writes NAME_labels.png (class ids 1..m), NAME_foreground.png (255 = foreground),
     NAME_overlay.png (boxes: class colours; gold = single-object superbox) and NAME_boxes.json.
     """
     from tqdm import tqdm
 
+    from hrdv2.datasets.folder import LABEL_SUFFIXES
     from hrdv2.errors import ImageReadError
-    from hrdv2.io import expand_inputs, read_image
+    from hrdv2.io import list_images, read_image
 
-    paths = expand_inputs(list(images))
+    paths: list[Path] = []
+    for item in map(Path, images):  # folders: their images, minus NAME_gt / NAME_scribble label maps
+        paths += [p for p in list_images(item) if not p.stem.endswith(LABEL_SUFFIXES)] if item.is_dir() else [item]
     if not paths:
         raise ImageReadError(f"no images found in {', '.join(images)}.")
     missing = [str(p) for p in paths if not p.is_file()]

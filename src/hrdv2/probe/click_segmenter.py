@@ -21,12 +21,14 @@ Per click (``predict``):
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
 import torch
 from scipy import ndimage
+from scipy.linalg import LinAlgWarning
 from sklearn.decomposition import PCA
 from sklearn.linear_model import LogisticRegression
 from threadpoolctl import ThreadpoolController
@@ -148,7 +150,10 @@ class ClickSegmenter:
         if np.unique(lab).size < 2:  # only one class: nothing to discriminate
             return np.full(self.shape, float(lab[0]), np.float32)
         model = LogisticRegression(C=self.config.C, solver="newton-cholesky", max_iter=100)
-        with _one_thread():
+        with _one_thread(), warnings.catch_warnings():
+            # near-duplicate rows (blocky features) can make the Hessian singular; sklearn then
+            # falls back to lbfgs on its own and says so: that notice is not the user's problem
+            warnings.simplefilter("ignore", LinAlgWarning)
             model.fit(self.rows[idx], lab, sample_weight=wts * len(wts) / wts.sum())
         logits = self.rows @ model.coef_[0].astype(np.float32) + np.float32(model.intercept_[0])
         return (1.0 / (1.0 + np.exp(-np.clip(logits, -50, 50)))).reshape(self.shape)

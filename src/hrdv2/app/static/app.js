@@ -5,6 +5,7 @@ import { Viewer, isTyping } from "./viewer.js";
 import { $, S, fail, hexToRgb, hooks, say, track } from "./state.js";
 import { addClass, renderClasses, renderLegend, selectClass } from "./classes.js";
 import { flushPending, pendingFor, redrawStrokes, saveStroke, undoRedo } from "./strokes.js";
+import { featureSettings, patchProject, renderSettings } from "./settings.js";
 
 const viewer = new Viewer(document, {
   brush: () => {
@@ -42,6 +43,7 @@ async function openProject(id, imageId = null) {
     api.get(`/api/projects/${id}/images`),
   ]);
   if (!S.classes.some((c) => c.id === S.activeClass)) S.activeClass = S.classes[0]?.id ?? null;
+  setPanelsEnabled();
   renderSettings();
   renderClasses();
   renderThumbs();
@@ -52,7 +54,15 @@ async function openProject(id, imageId = null) {
   document.body.dataset.project = String(id); // "this project is on screen" (also a hook for tests)
 }
 
+function setPanelsEnabled() {
+  // without a project the model / view / results controls have nothing to act on
+  const right = $("#right");
+  right.inert = !S.project;
+  right.classList.toggle("muted", !S.project);
+}
+
 function showEmpty() {
+  setPanelsEnabled();
   S.image = null;
   S.strokes = [];
   viewer.clear();
@@ -172,59 +182,6 @@ async function loadDataFiles() {
   for (const f of data.files) sel.append(new Option(f, f));
 }
 
-// -- model settings -----------------------------------------------------------------------------
-function renderSettings() {
-  const o = S.options;
-  const p = S.project;
-  const anyDeep = o.backbones.some((b) => b.available);
-  const kind = $("#feature-kind");
-  kind.innerHTML = "";
-  for (const k of o.kinds) {
-    const opt = new Option(k === "classical" || anyDeep ? k : `${k} — unavailable: no weights`, k);
-    opt.disabled = k !== "classical" && !anyDeep;
-    kind.append(opt);
-  }
-  kind.value = p.features.kind;
-  const bb = $("#backbone");
-  bb.innerHTML = "";
-  for (const b of o.backbones) {
-    const opt = new Option(b.available ? b.name : `${b.name} — unavailable: no weights`, b.name);
-    opt.disabled = !b.available;
-    opt.title = b.reason || "";
-    bb.append(opt);
-  }
-  bb.value = p.features.backbone;
-  const stride = $("#stride");
-  stride.innerHTML = "";
-  stride.append(new Option("default", ""));
-  for (const s of o.strides) stride.append(new Option(String(s), s));
-  stride.value = p.features.stride ?? "";
-  $("#deep-settings").classList.toggle("muted", p.features.kind === "classical");
-  const selected = o.backbones.find((b) => b.name === bb.value) || o.backbones[0];
-  const note = $("#feature-note");
-  note.hidden = !selected || selected.available;
-  if (selected && !selected.available) note.textContent = `Deep features unavailable: no weights. ${selected.reason}`;
-  const cl = $("#classifier");
-  cl.innerHTML = "";
-  for (const c of o.classifiers) cl.append(new Option(c.replace("_", " "), c));
-  cl.value = p.classifier;
-  $("#auto-train").checked = p.auto_train;
-}
-
-async function patchProject(body) {
-  try {
-    S.project = await api.patch(`/api/projects/${S.project.id}`, body);
-  } catch (err) {
-    fail(err);
-  }
-  renderSettings();
-}
-
-function featureSettings() {
-  const stride = $("#stride").value;
-  return { kind: $("#feature-kind").value, backbone: $("#backbone").value, stride: stride ? Number(stride) : null };
-}
-
 // -- training and prediction --------------------------------------------------------------------
 let trainTimer = null;
 function scheduleTrain() {
@@ -247,6 +204,7 @@ async function train() {
     if (final.state === "done") {
       S.project = await api.get(`/api/projects/${S.project.id}`);
       if (S.image && final.result.image_id === S.image.id) await refreshPrediction();
+      if (final.result.note) say(`Trained, but this image cannot be predicted: ${final.result.note}`, "error");
       updateDownloads();
     }
   } catch (err) {
