@@ -63,3 +63,12 @@ def test_atomic_write_leaves_old_file_on_failure(tmp_path):
             raise RuntimeError("interrupted")
     assert target.read_bytes() == before
     assert [p.name for p in tmp_path.iterdir()] == ["out.png"]
+
+
+def test_folder_inputs_skip_label_maps(tmp_path):
+    from hrdv2.io import expand_inputs
+
+    for name in ("a.png", "a_gt.png", "b.tif", "b_scribble.png", "notes.txt"):
+        (tmp_path / name).write_bytes(b"x")
+    assert [p.name for p in expand_inputs([tmp_path])] == ["a.png", "b.tif"]
+    assert [p.name for p in expand_inputs([tmp_path / "a_gt.png"])] == ["a_gt.png"]  # named files are kept

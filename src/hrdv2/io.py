@@ -172,12 +172,19 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
+LABEL_MAP_SUFFIXES = ("_gt", "_scribble")
+
+
 def expand_inputs(inputs: list[str | os.PathLike]) -> list[Path]:
-    """Files stay files; folders expand to the images inside them."""
+    """Files stay files; folders expand to the images inside them, skipping label maps
+    (NAME_gt.*, NAME_scribble.*) that sit beside their images."""
     out: list[Path] = []
     for item in inputs:
         p = Path(item)
-        out.extend(list_images(p) if p.is_dir() else [p])
+        if p.is_dir():
+            out.extend(f for f in list_images(p) if not f.stem.endswith(LABEL_MAP_SUFFIXES))
+        else:
+            out.append(p)
     return out
 
 

@@ -36,7 +36,7 @@ def make_classifier(name: str, random_state: int | None = 0, **params: Any):
     if name == "logistic":
         from sklearn.linear_model import LogisticRegression
 
-        kw = {"max_iter": 300, "C": 1.0, **params}
+        kw = {"max_iter": 1000, "C": 1.0, **params}
         return make_pipeline(StandardScaler(), LogisticRegression(random_state=random_state, **kw))
     if name == "random_forest":
         from sklearn.ensemble import RandomForestClassifier
