@@ -20,6 +20,26 @@ from tqdm import tqdm
 from hrdv2.errors import HRDv2Error, ShapeError
 
 
+class _Progress:
+    """A ``progress(done, total)`` callback drawing a transient tqdm bar (featurising one image)."""
+
+    def __init__(self, desc: str):
+        self.desc, self.bar = desc, None
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.bar is None:
+            self.bar = tqdm(total=total, desc=self.desc, leave=False, disable=None)
+        self.bar.n = done
+        self.bar.refresh()
+
+    def __enter__(self) -> "_Progress":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
 def _floats(text: str) -> tuple[float, ...]:
     try:
         return tuple(float(v) for v in text.split(",") if v.strip())
@@ -71,7 +91,8 @@ def train(images, scribbles, kind, classifier, sigmas, backbone, weights, stride
         scrs.append(read_labels(sp, im.shape[:2]))
     feats = []
     for ip, im in tqdm(list(zip(images, imgs)), desc="featurising", unit="img", disable=None):
-        feats.append(seg.featurise(im))
+        with _Progress(f"features {ip.name}") as cb:
+            feats.append(seg.featurise(im, progress=cb))
     seg.fit(imgs, scrs, feats, names=[str(s) for s in scribbles])
     seg.save(out)
     click.echo(f"trained {seg!r} on {seg.n_train_pixels_} pixels of {len(imgs)} image(s); "
@@ -128,7 +149,8 @@ def apply(model, inputs, out_dir, fmt, proba, crf) -> None:
             pages = _read_pages(path)
             labels, probs = [], []
             for page in tqdm(pages, desc=path.name, unit="page", leave=False, disable=len(pages) < 2):
-                p = seg.predict_proba(page)
+                with _Progress(f"features {path.name}") as cb:
+                    p = seg.predict_proba(page, progress=cb)
                 lab = seg.classes_.astype(np.uint8)[np.argmax(p, axis=-1)]
                 labels.append(lab)
                 if proba:

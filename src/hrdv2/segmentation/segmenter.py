@@ -326,5 +326,5 @@ class Segmenter:
         return seg
 
     def __repr__(self) -> str:
-        fitted = f", classes={list(self.classes_)}" if hasattr(self, "classes_") else ""
+        fitted = f", classes={self.classes_.tolist()}" if hasattr(self, "classes_") else ""
         return f"Segmenter(features={self.features.kind!r}, classifier={self.classifier!r}, crf={self.crf}{fitted})"
