@@ -76,8 +76,8 @@ def probe(kind, root, upsamplers, backbone, weights, max_clicks, out_dir, split,
                          strategy=strategy)
     click.echo(f"backbone: {bb.describe()}; dataset: {dataset.name} ({len(dataset)} objects)", err=True)
     result = run_probe(dataset, ups, bb, config, out_dir, progress=True)
-    for name, reason in result.unavailable.items():
-        click.secho(f"unavailable: {name}: {reason}", fg="yellow", err=True)
+    for reason in result.unavailable.values():
+        click.secho(f"unavailable: {reason}", fg="yellow", err=True)
     if result.skipped:
         click.secho(f"skipped (object vanished at --max-side): {', '.join(result.skipped)}", fg="yellow", err=True)
     if not result.summary:
