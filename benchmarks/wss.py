@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -244,8 +245,6 @@ def main(argv: list[str] | None = None) -> int:
             backbone = describe_backbone(next(c for c in configs.values() if c.uses_deep))
         except WeightsUnavailableError as exc:
             backbone = f"unavailable ({str(exc).split('.')[0]})"
-    import os
-
     print(f"# hrdv2 scribble-segmentation benchmark  ({platform.node()}, {os.cpu_count()} CPUs, "
           f"load average at start {os.getloadavg()[0]:.1f}: timings are wall-clock on a shared machine)")
     print(f"# deep backbone: {backbone}; HR-Dv2 shifts {shifts or 'none'} (moore), no flips")
@@ -278,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\n# 1024x1024 grey, classical: featurise {sp['featurise_ours_s']:.2f} s ({sp['n_features_ours']} features) "
               f"vs reference {sp['featurise_ref_s']:.2f} s ({sp['n_features_ref']} features): "
               f"{sp['speedup']:.2f}x; apply (featurise + RF predict) {sp['apply_s']:.2f} s")
-        print(f"# load average now {__import__('os').getloadavg()[0]:.1f}")
+        print(f"# load average now {os.getloadavg()[0]:.1f}")
         rs = reference_setting(a.data)
         report["isb_0_setting"] = rs
         print("# interactive-seg-backend setting (isb_0 + its scribbles, classical + random forest):")

@@ -72,3 +72,11 @@ def test_folder_inputs_skip_label_maps(tmp_path):
         (tmp_path / name).write_bytes(b"x")
     assert [p.name for p in expand_inputs([tmp_path])] == ["a.png", "b.tif"]
     assert [p.name for p in expand_inputs([tmp_path / "a_gt.png"])] == ["a_gt.png"]  # named files are kept
+
+
+def test_stack_with_pages_of_different_sizes_is_refused(tmp_path):
+    with tifffile.TiffWriter(tmp_path / "mixed.tif") as tif:
+        tif.write(np.zeros((10, 12), np.uint8))
+        tif.write(np.zeros((8, 12), np.uint8))
+    with pytest.raises(ShapeError, match=r"mixed.tif: page 1 is \(8, 12\) but page 0 is \(10, 12\)"):
+        read_stack(tmp_path / "mixed.tif")

@@ -92,8 +92,13 @@ def read_stack(path: str | os.PathLike) -> list[np.ndarray]:
                 series = tif.series[0] if tif.series else None
                 data = series.asarray() if series is not None else tif.asarray()
                 axes = series.axes if series is not None else ""
+                # pages of different sizes come back as several series: refuse rather than drop pages
+                sizes = [tuple(p.shape[:2]) for p in tif.pages]
         except Exception as exc:  # tifffile raises many types for corrupt files
             raise ImageReadError(f"{path}: not a readable TIFF ({exc}).") from exc
+        for i, size in enumerate(sizes):
+            if size != sizes[0]:
+                raise ShapeError(f"{path}: page {i} is {size} but page 0 is {sizes[0]}; all pages must share a size.")
         data = np.asarray(data)
         if data.ndim == 2 or (data.ndim == 3 and "S" in axes):  # grey, or one colour image (contig/planar)
             pages = [data]
