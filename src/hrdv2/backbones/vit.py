@@ -113,11 +113,12 @@ class Backbone:
 
 
 def _cls_attention(attn: torch.nn.Module, qkv: torch.Tensor) -> torch.Tensor:
-    """Softmax attention of the CLS query over all tokens, from the qkv projection output."""
+    """Softmax attention of the CLS query over all tokens, from the qkv projection output.
+
+    The q/k norms run in the model's own dtype (they are part of the model); only the CLS
+    row's logits are formed, in float32."""
     B, N, _ = qkv.shape
-    heads, hd = attn.num_heads, attn.head_dim
-    qkv = qkv.float().view(B, N, 3, heads, hd)
-    q = attn.q_norm.float()(qkv[:, :1, 0].transpose(1, 2)) if not isinstance(attn.q_norm, torch.nn.Identity) else qkv[:, :1, 0].transpose(1, 2)
-    k = attn.k_norm.float()(qkv[:, :, 1].transpose(1, 2)) if not isinstance(attn.k_norm, torch.nn.Identity) else qkv[:, :, 1].transpose(1, 2)
-    logits = (q @ k.transpose(-1, -2)).squeeze(2) * attn.scale  # (B, heads, N)
-    return logits.softmax(dim=-1)
+    qkv = qkv.view(B, N, 3, attn.num_heads, attn.head_dim)
+    q = attn.q_norm(qkv[:, :1, 0].transpose(1, 2)).float()  # (B, heads, 1, head_dim)
+    k = attn.k_norm(qkv[:, :, 1].transpose(1, 2)).float()  # (B, heads, N, head_dim)
+    return ((q @ k.transpose(-1, -2)).squeeze(2) * attn.scale).softmax(dim=-1)  # (B, heads, N)

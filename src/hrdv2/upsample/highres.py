@@ -203,7 +203,7 @@ class HighResFeaturizer:
         n = float(len(plans))
         feats.div_(n)
         if project is not None:
-            feats = project(feats.view(-1, feats.shape[-1])).reshape(Hu, Wu, -1).float()
+            feats = project(feats.view(-1, feats.shape[-1])).reshape(Hu, Wu, -1).float().contiguous()
         out = _expand(feats, row_class, col_class)
         out_attn = None if attn is None else _expand(attn.div_(n), row_class, col_class)
         info = {
