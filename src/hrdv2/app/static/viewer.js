@@ -183,7 +183,8 @@ export class Viewer {
   }
 
   // -- strokes ---------------------------------------------------------------------------------
-  drawSegment(stroke, a, b) {
+  /** The scribble canvas's context, saved and set up to paint (or erase) with this stroke's brush. */
+  brushContext(stroke) {
     const ctx = this.scribbles.getContext("2d");
     ctx.save();
     ctx.globalCompositeOperation = stroke.tool === "eraser" ? "destination-out" : "source-over";
@@ -191,6 +192,11 @@ export class Viewer {
     ctx.lineWidth = 2 * stroke.radius;
     ctx.lineCap = "round";
     ctx.lineJoin = "round";
+    return ctx;
+  }
+
+  drawSegment(stroke, a, b) {
+    const ctx = this.brushContext(stroke);
     if (a[0] === b[0] && a[1] === b[1]) {
       ctx.beginPath();
       ctx.arc(a[0], a[1], stroke.radius, 0, 2 * Math.PI);
@@ -205,14 +211,8 @@ export class Viewer {
   }
 
   drawStroke(stroke) {
-    const ctx = this.scribbles.getContext("2d");
+    const ctx = this.brushContext(stroke);
     const pts = stroke.points;
-    ctx.save();
-    ctx.globalCompositeOperation = stroke.tool === "eraser" ? "destination-out" : "source-over";
-    ctx.strokeStyle = ctx.fillStyle = stroke.color || "#000";
-    ctx.lineWidth = 2 * stroke.radius;
-    ctx.lineCap = "round";
-    ctx.lineJoin = "round";
     ctx.beginPath();
     if (pts.length === 1) {
       ctx.arc(pts[0][0], pts[0][1], stroke.radius, 0, 2 * Math.PI);
