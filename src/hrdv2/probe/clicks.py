@@ -21,6 +21,7 @@ import numpy as np
 from scipy import ndimage
 
 from hrdv2.errors import ConfigError, ShapeError
+from hrdv2.metrics.localisation import foreground_iou
 
 STRATEGIES = ("largest_region", "farthest")
 
@@ -49,14 +50,7 @@ Predictor = Callable[[Sequence[Click], "np.ndarray | None"], np.ndarray]
 
 def iou(pred: np.ndarray, gt: np.ndarray, ignore: np.ndarray | None = None) -> float:
     """Intersection over union of two boolean masks, ignore pixels excluded (empty-vs-empty = 1)."""
-    pred = np.asarray(pred, bool)
-    gt = np.asarray(gt, bool)
-    if pred.shape != gt.shape:
-        raise ShapeError(f"prediction {pred.shape} and ground truth {gt.shape} differ in shape.")
-    valid = np.ones_like(gt) if ignore is None else ~np.asarray(ignore, bool)
-    inter = np.count_nonzero(pred & gt & valid)
-    union = np.count_nonzero((pred | gt) & valid)
-    return 1.0 if union == 0 else inter / union
+    return foreground_iou(pred, gt, None if ignore is None else ~np.asarray(ignore, bool))
 
 
 def _interior_distance(mask: np.ndarray) -> np.ndarray:
