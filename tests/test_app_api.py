@@ -421,7 +421,9 @@ def test_train_predict_overlay(client, trained, micrograph):
     proba = tifffile.imread(io.BytesIO(client.get(f"/api/images/{img['id']}/probabilities.tif").content))
     assert proba.shape == (160, 160, 2) and proba.dtype == np.float32
     assert np.allclose(proba.sum(-1), 1, atol=2e-3)
-    assert np.array_equal(np.argmax(proba, -1) + 1, labels)
+    # probabilities are stored as float16: only near-ties may round to the other class
+    decided = np.abs(proba[..., 0] - proba[..., 1]) > 2e-3
+    assert decided.mean() > 0.99 and np.array_equal((np.argmax(proba, -1) + 1)[decided], labels[decided])
 
 
 def test_apply_all_exports_and_model_file(client, trained, micrograph, tmp_path):

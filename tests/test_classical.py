@@ -6,30 +6,78 @@ import numpy as np
 import pytest
 
 from hrdv2.errors import ConfigError, ShapeError
-from hrdv2.features.classical import ALL_FILTERS, DEFAULT_SIGMAS, classical_features, feature_names
+from hrdv2.features.classical import (
+    ALL_FILTERS, DEFAULT_FILTERS, DEFAULT_SIGMAS, _diff2, _sobel, classical_features, feature_names, resolve_filters,
+)
 
 N_PER_SIGMA = 15  # gaussian, gradient, 3 hessian, laplacian, dog, 2 structure, mean, variance, min, max, median, entropy
 
 
 def _feat(img, **kw):
+    """All filters unless told otherwise, as a (F stack, name -> channel) pair."""
+    kw.setdefault("filters", ALL_FILTERS)
     f = classical_features(img, **kw)
-    names = feature_names(1 if img.ndim == 2 else img.shape[-1], kw.get("sigmas", DEFAULT_SIGMAS),
-                          kw.get("filters", ALL_FILTERS))
+    names = feature_names(1 if img.ndim == 2 else img.shape[-1], kw.get("sigmas", DEFAULT_SIGMAS), kw["filters"])
     return f, {n: f[..., i] for i, n in enumerate(names)}
 
 
 def test_feature_count_and_names():
-    names = feature_names()
+    names = feature_names(1, DEFAULT_SIGMAS, "all")
     assert len(names) == 1 + N_PER_SIGMA * len(DEFAULT_SIGMAS) + 5
     assert len(set(names)) == len(names)
     assert names[0] == "intensity" and "hessian_det_s4" in names and "membrane_median" in names
-    rgb = feature_names(3)
+    rgb = feature_names(3, DEFAULT_SIGMAS, "all")
     assert len(rgb) == 3 * len(names) and rgb[0] == "c0:intensity" and rgb[-1] == "c2:membrane_min"
     assert feature_names(1, (2.0,), ("gaussian", "hessian")) == [
         "gaussian_s2", "hessian_max_s2", "hessian_min_s2", "hessian_det_s2"]
+    # the default selection: intensity + gaussian, gradient, 3 hessian, dog, variance per sigma
+    default = feature_names()
+    assert len(default) == 1 + 7 * len(DEFAULT_SIGMAS) and default[:3] == ["intensity", "gaussian_s1", "gradient_s1"]
+    assert not any(n.startswith(("membrane", "entropy", "structure")) for n in default)
     img = np.zeros((40, 48), np.uint8)
-    assert classical_features(img).shape == (40, 48, len(names))
-    assert classical_features(np.zeros((40, 48, 3), np.uint8)).shape == (40, 48, len(rgb))
+    assert classical_features(img).shape == (40, 48, len(default))
+    assert classical_features(img, filters="all").shape == (40, 48, len(names))
+    assert classical_features(np.zeros((40, 48, 3), np.uint8), filters=ALL_FILTERS).shape == (40, 48, len(rgb))
+
+
+def test_filter_presets_resolve_to_canonical_order():
+    assert resolve_filters("default") == DEFAULT_FILTERS
+    assert resolve_filters("all") == ALL_FILTERS
+    assert resolve_filters("structure, default") == resolve_filters(list(DEFAULT_FILTERS) + ["structure"])
+    assert resolve_filters(["dog", "gaussian", "dog"]) == ("gaussian", "dog")
+
+
+def test_fast_derivatives_equal_scipy():
+    import scipy.ndimage as ndi
+
+    rng = np.random.default_rng(0)
+    for shape in [(37, 53), (2, 9), (1, 5), (3, 3)]:
+        x = rng.random(shape).astype(np.float32)
+        for axis in (0, 1):
+            np.testing.assert_allclose(_sobel(x, axis), ndi.sobel(x, axis=axis, mode="nearest") / 8, atol=1e-6)
+            np.testing.assert_allclose(_diff2(x, axis), ndi.correlate1d(x, [1, -2, 1], axis=axis, mode="nearest"),
+                                       atol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(4, 4), (5, 17), (16, 16), (17, 3), (6, 6, 3)])
+def test_tiny_images_work_at_every_sigma(shape):
+    """Pyramid levels of a few-pixel image shrink to 1 px: every filter must still be finite."""
+    f = classical_features(np.random.default_rng(1).random(shape).astype(np.float32), filters="all")
+    assert f.shape[:2] == shape[:2] and np.isfinite(f).all()
+
+
+def test_variance_sees_texture_finer_than_the_pyramid_blocks():
+    """Fine noise vs a flat patch: block averaging wipes out the noise, so the variance at sigmas
+    served by the pyramid must come from block means of x^2, not from the averaged image."""
+    rng = np.random.default_rng(0)
+    img = np.full((128, 128), 0.5, np.float32)
+    img[:, :64] += rng.normal(0, 0.1, (128, 64)).astype(np.float32)
+    for pyramid in (True, False):
+        _, d = _feat(img, sigmas=(1, 4, 16), filters=("variance",), pyramid=pyramid)
+        for s in ("1", "4", "16"):
+            noisy, flat = d[f"variance_s{s}"][40:88, 8:40], d[f"variance_s{s}"][40:88, 96:120]
+            assert abs(float(noisy.mean()) - 0.01) < 0.003, (pyramid, s, float(noisy.mean()))
+            assert float(flat.max()) < 0.0005  # the flat side stays flat away from the border
 
 
 def test_constant_image_has_flat_responses():
@@ -114,8 +162,8 @@ def test_pyramid_close_to_exact():
 def test_threads_match_serial_and_progress():
     img = (np.random.default_rng(2).random((50, 70)) * 255).astype(np.uint8)
     calls = []
-    a = classical_features(img, n_threads=1, progress=lambda d, t: calls.append((d, t)))
-    b = classical_features(img, n_threads=3)
+    a = classical_features(img, filters="all", n_threads=1, progress=lambda d, t: calls.append((d, t)))
+    b = classical_features(img, filters="all", n_threads=3)
     np.testing.assert_array_equal(a, b)
     assert calls and calls[-1][0] == calls[-1][1]
 
@@ -127,3 +175,21 @@ def test_bad_config_and_shape():
         classical_features(np.zeros((8, 8)), sigmas=(4, 2))
     with pytest.raises(ShapeError):
         classical_features(np.zeros((2, 8, 8, 3)))
+
+
+def test_banded_last_upsampling_equals_whole_image(monkeypatch):
+    """The last pyramid step runs in bands of rows with a 1-row halo: the result must not depend
+    on the band height (odd sizes, colour, an image shorter than a band)."""
+    import hrdv2.features.classical as classical
+
+    rng = np.random.default_rng(3)
+    for shape in [(133, 517), (70, 65, 3), (5, 40)]:
+        img = rng.random(shape).astype(np.float32)
+        banded = classical_features(img, filters="all")
+        monkeypatch.setattr(classical, "_BAND", 1 << 20)
+        whole = classical_features(img, filters="all")
+        monkeypatch.setattr(classical, "_BAND", 8)
+        narrow = classical_features(img, filters="all")
+        monkeypatch.undo()
+        np.testing.assert_array_equal(banded, whole)
+        np.testing.assert_array_equal(narrow, whole)

@@ -9,7 +9,7 @@ import pytest
 
 from hrdv2.errors import ConfigError, ShapeError
 from hrdv2.features.cache import FeatureCache, image_hash
-from hrdv2.features.classical import feature_names
+from hrdv2.features.classical import DEFAULT_FILTERS, feature_names
 from hrdv2.features.sets import FeatureConfig, compute_features, normalise_image, standardise
 
 SMALL_DEEP = dict(weights="random", shifts=())  # identity transform only: keeps the ViT cheap on CPU
@@ -26,6 +26,19 @@ def test_config_round_trip_and_key():
     # classical keys ignore deep-only fields, deep keys ignore classical-only ones
     assert FeatureConfig(backbone="x").key() == FeatureConfig().key()
     assert FeatureConfig(kind="deep", sigmas=(2,)).key() == FeatureConfig(kind="deep").key()
+    # presets resolve before keying; filters and normalisation are part of the key
+    assert FeatureConfig(filters="default").key() == FeatureConfig(filters=list(reversed(DEFAULT_FILTERS))).key()
+    assert FeatureConfig(filters="all").key() != FeatureConfig().key()
+    assert FeatureConfig(normalise="none").key() != FeatureConfig().key()
+    # a change in what the classical filters compute invalidates cached classical features only
+    import hrdv2.features.sets as sets_mod
+
+    before = (FeatureConfig().key(), FeatureConfig(kind="deep").key())
+    sets_mod.CLASSICAL_VERSION += 1
+    try:
+        assert FeatureConfig().key() != before[0] and FeatureConfig(kind="deep").key() == before[1]
+    finally:
+        sets_mod.CLASSICAL_VERSION -= 1
     with pytest.raises(ConfigError, match="unknown feature set"):
         FeatureConfig(kind="fancy")
     with pytest.raises(ConfigError, match="unknown field"):
@@ -56,6 +69,19 @@ def test_percentile_normalisation_makes_features_contrast_invariant(rng):
     assert np.abs(compute_features(low, raw) - compute_features(high, raw)).mean() > 0.2 * np.abs(b).mean()
     n = normalise_image(high)
     assert n.min() == 0 and n.max() == 1
+
+
+def test_auto_normalisation_stretches_grey_but_keeps_colour(rng):
+    """``auto``: grey micrographs are percentile-stretched; colour keeps its hue (uint8 / 255)."""
+    grey = (100 + 40 * rng.random((32, 32))).astype(np.uint8)
+    assert normalise_image(grey).max() == 1 and normalise_image(grey, "auto").min() == 0
+    rgb = np.stack([grey, grey // 2, grey // 4], -1)
+    np.testing.assert_allclose(normalise_image(rgb), rgb / 255, atol=1e-6)
+    stretched = normalise_image(rgb, "percentile")
+    assert stretched[..., 2].max() == 1  # per channel: the dim blue is stretched to full scale
+    assert FeatureConfig().normalise == "auto"
+    with pytest.raises(ConfigError, match="normalise"):
+        FeatureConfig(normalise="zscore")
 
 
 def test_standardise():

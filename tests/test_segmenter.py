@@ -13,6 +13,8 @@ from hrdv2.segmentation import Segmenter, simulate_scribbles
 from hrdv2.segmentation.sampling import balanced_sample, class_quotas
 
 CFG = FeatureConfig(sigmas=(1, 2, 4))
+# texture-heavy images: the structure tensor on top of the default set (see docs/segmentation.md)
+CFG_TEXTURE = FeatureConfig(sigmas=(1, 2, 4), filters="default,structure")
 
 
 def two_textures(seed: int = 0, size: int = 96) -> tuple[np.ndarray, np.ndarray]:
@@ -51,7 +53,7 @@ def test_two_textures_iou_above_0_9(trained):
 @pytest.mark.parametrize("clf", ["logistic", "gradient_boosting"])
 def test_other_classifiers_learn_too(clf, tmp_path):
     img, gt = two_textures()
-    seg = Segmenter(CFG, classifier=clf).fit([img], [strokes(gt)])
+    seg = Segmenter(CFG_TEXTURE, classifier=clf).fit([img], [strokes(gt)])
     assert np.all(iou_per_class(seg.predict(img), gt) > 0.8)
     back = Segmenter.load(seg.save(tmp_path / f"{clf}.skops"))
     np.testing.assert_array_equal(back.predict_proba(img), seg.predict_proba(img))
@@ -65,6 +67,25 @@ def test_save_load_round_trip_identical(trained, tmp_path):
     np.testing.assert_array_equal(back.predict_proba(img), seg.predict_proba(img))
     assert back.class_names == ["grainy", "smooth"] and back.features == seg.features
     assert list(back.classes_) == [1, 2]
+
+
+def test_model_from_older_classical_features_warns(trained, tmp_path, monkeypatch):
+    """A model trained when the classical filters computed other values still loads and runs, but
+    says so and asks for re-training; a current model loads silently."""
+    import warnings
+
+    import hrdv2.segmentation.segmenter as segmenter
+
+    seg, img, _ = trained
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        Segmenter.load(seg.save(tmp_path / "current.skops"))
+    monkeypatch.setattr(segmenter, "CLASSICAL_VERSION", segmenter.CLASSICAL_VERSION - 1)
+    old = seg.save(tmp_path / "old.skops")
+    monkeypatch.undo()
+    with pytest.warns(UserWarning, match=r"old\.skops.*classical features version .*re-train"):
+        back = Segmenter.load(old)
+    assert back.predict(img).shape == img.shape
 
 
 def test_precomputed_features_match(trained):

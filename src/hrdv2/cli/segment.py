@@ -57,6 +57,10 @@ def _floats(text: str) -> tuple[float, ...]:
 @click.option("--classifier", type=click.Choice(["logistic", "random_forest", "gradient_boosting"]),
               default="random_forest", show_default=True)
 @click.option("--sigmas", default="1,2,4,8,16", show_default=True, help="Classical filter scales (px).")
+@click.option("--filters", default="default", show_default=True,
+              help="Classical filters: 'default', 'all', or comma-separated names (see docs/segmentation.md).")
+@click.option("--normalise", type=click.Choice(["auto", "percentile", "none"]), default="auto", show_default=True,
+              help="Intensity rescaling before featurising (auto: percentile stretch for grey, none for colour).")
 @click.option("--backbone", default="dinov2_vits14", show_default=True)
 @click.option("--weights", default=None, help="Backbone weights file (.pth), or 'random' (untrained, testing only).")
 @click.option("--stride", type=int, default=None, help="ViT patch stride (default: patch size).")
@@ -70,7 +74,7 @@ def _floats(text: str) -> tuple[float, ...]:
               help="Feature cache folder (re-training after new strokes skips featurising).")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Model file to write (.skops).")
-def train(images, scribbles, kind, classifier, sigmas, backbone, weights, stride, flips, pca_components, crf,
+def train(images, scribbles, kind, classifier, sigmas, filters, normalise, backbone, weights, stride, flips, pca_components, crf,
           max_samples, class_names, cache_dir, device, out) -> None:
     """Train a segmenter on image + scribble pairs."""
     from hrdv2.features.sets import FeatureConfig
@@ -79,8 +83,8 @@ def train(images, scribbles, kind, classifier, sigmas, backbone, weights, stride
 
     if len(images) != len(scribbles):
         raise click.UsageError(f"give one --scribble per --image ({len(images)} images, {len(scribbles)} scribbles).")
-    config = FeatureConfig(kind=kind, sigmas=_floats(sigmas), backbone=backbone, weights=weights, stride=stride,
-                           flips=flips, pca_components=pca_components, device=device)
+    config = FeatureConfig(kind=kind, sigmas=_floats(sigmas), filters=filters, normalise=normalise, backbone=backbone,
+                           weights=weights, stride=stride, flips=flips, pca_components=pca_components, device=device)
     names = [n.strip() for n in class_names.split(",")] if class_names else None
     seg = Segmenter(config, classifier=classifier, crf=crf, max_samples=max_samples, class_names=names,
                     cache_dir=cache_dir)

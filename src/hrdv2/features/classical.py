@@ -3,12 +3,15 @@
 Why a pyramid: the filters at scale sigma only carry detail down to about sigma pixels, so for
 sigma >= 2 * ``base_sigma`` they are computed on a block-averaged copy of the image (block side
 ``f``, a power of two, at which the filter's sigma is ``sigma / f ~ base_sigma``) and brought back
-with bilinear interpolation. For the band-limited filters (Gaussian, derivatives, DoG, structure
-tensor) this changes values by a few percent of their range; for the neighbourhood statistics the
-disk of radius sigma is approximated by a disk of radius ``sigma / f`` over blocks (min / max use
-block minima / maxima, so they stay true bounds; entropy uses block histograms). Full-resolution
-filters only run at sigma < 2 * ``base_sigma``. Set ``pyramid=False`` for exact full-resolution
-filters (several times slower at sigma 16).
+by a cascade of 2x bilinear steps (coarsest level first, each level joining on the way; only the
+last step touches full resolution, in bands of rows). For the band-limited filters (Gaussian,
+derivatives, DoG, structure tensor) this changes values by a few percent of their range; for the
+neighbourhood statistics the disk of radius sigma is approximated by a disk of radius ``sigma / f``
+over blocks (mean / variance use block means of x and x^2, min / max block minima / maxima, so
+they stay true bounds; entropy uses block histograms). Full-resolution filters only run at
+sigma < 2 * ``base_sigma`` (the structure tensor even then integrates on 2x2 blocks). Set
+``pyramid=False`` for exact full-resolution filters (several times slower at sigma 16).
+The default selection (:data:`DEFAULT_FILTERS`) is part of the bank; ``filters="all"`` gives all.
 
 Feature list (per image channel; names come from :func:`feature_names`):
 
@@ -43,11 +46,22 @@ import torch.nn.functional as F
 from hrdv2.errors import ConfigError, ShapeError
 from hrdv2.io import to_float01
 
+# Bumped whenever the values of existing channels change, so that models trained before can say so
+# (2: variance from block means of x^2, cascaded 2x return of the pyramid levels, nearest-edge Sobel).
+CLASSICAL_VERSION = 2
 DEFAULT_SIGMAS: tuple[float, ...] = (1.0, 2.0, 4.0, 8.0, 16.0)
 ALL_FILTERS: tuple[str, ...] = (
     "intensity", "gaussian", "gradient", "hessian", "laplacian", "dog", "structure",
     "mean", "variance", "min", "max", "median", "entropy", "membrane",
 )
+# The default selection, chosen by measurement (benchmarks/wss.py; table in docs/segmentation.md):
+# with it both a random forest and logistic regression beat the scikit-image reference on all six
+# labelled sets in ../shared/data, where the full bank lost with a random forest on two (tcell,
+# sofc), and it is 36 channels per image channel instead of 81. The rest (membrane projections, mean / min / max /
+# median, entropy, Laplacian, structure tensor) is opt-in: ``filters="all"`` or a list. Trainable
+# Weka Segmentation, too, switches on only part of its bank by default.
+DEFAULT_FILTERS: tuple[str, ...] = ("intensity", "gaussian", "gradient", "hessian", "dog", "variance")
+FILTER_PRESETS: dict[str, tuple[str, ...]] = {"default": DEFAULT_FILTERS, "all": ALL_FILTERS}
 _PER_SIGMA: dict[str, tuple[str, ...]] = {
     "gaussian": ("gaussian",),
     "gradient": ("gradient",),
@@ -71,12 +85,26 @@ def _fmt_sigma(s: float) -> str:
     return f"{s:g}"
 
 
+def resolve_filters(filters: str | Sequence[str]) -> tuple[str, ...]:
+    """Filter names from a preset (``"default"``, ``"all"``), a comma-separated string or a list;
+    presets inside a list expand, so ``"default,structure"`` is the default set plus the
+    structure tensor. Returned in canonical (output-channel) order without duplicates, so equal
+    selections give equal configs and cache keys; unknown names are kept for the error message."""
+    items = filters.split(",") if isinstance(filters, str) else list(filters)
+    chosen: set[str] = set()
+    for item in (str(i).strip() for i in items):
+        chosen.update(FILTER_PRESETS.get(item, (item,) if item else ()))
+    unknown = sorted(chosen.difference(ALL_FILTERS))
+    return tuple(f for f in ALL_FILTERS if f in chosen) + tuple(unknown)
+
+
 def feature_names(
     n_channels: int = 1,
     sigmas: Sequence[float] = DEFAULT_SIGMAS,
-    filters: Sequence[str] = ALL_FILTERS,
+    filters: str | Sequence[str] = DEFAULT_FILTERS,
 ) -> list[str]:
     """The name of every output channel, in order (``c{i}:`` prefix for multi-channel images)."""
+    filters = resolve_filters(filters)
     _check_filters(filters, sigmas)
     base: list[str] = []
     if "intensity" in filters:
@@ -95,7 +123,9 @@ def feature_names(
 def _check_filters(filters: Sequence[str], sigmas: Sequence[float]) -> None:
     unknown = [f for f in filters if f not in ALL_FILTERS]
     if unknown:
-        raise ConfigError(f"unknown classical filter(s) {unknown}; choose from {list(ALL_FILTERS)}.")
+        raise ConfigError(
+            f"unknown classical filter(s) {unknown}; choose from {list(ALL_FILTERS)} or a preset {list(FILTER_PRESETS)}."
+        )
     if not filters:
         raise ConfigError("classical feature set is empty; give at least one filter.")
     if any(not (float(s) > 0) for s in sigmas) or list(sigmas) != sorted(sigmas):
@@ -121,11 +151,14 @@ def _block(x: np.ndarray, reduce: str) -> np.ndarray:
 
 
 def _level_sigma(sigma: float, f: int) -> float:
-    """Sigma to use at block side f so that block averaging (variance f^2/12) + filter + bilinear
-    upsampling (about f^2/6) add up to a Gaussian of ``sigma`` at full resolution."""
+    """Sigma to use at block side f so that block averaging (variance (f^2 - 1) / 12), the filter
+    and the return to full resolution by repeated 2x bilinear steps (a triangle of half-width p
+    adds p^2 / 6 at each step p = f, f/2, ..., 2: (f^2 - 1) * 2 / 9 in all) add up to a Gaussian
+    of ``sigma`` at full resolution."""
     if f == 1 or sigma <= 0:
         return sigma
-    return math.sqrt(max(sigma * sigma - f * f / 4.0, (0.5 * f) ** 2)) / f
+    added = (f * f - 1) * (1.0 / 12 + 2.0 / 9)
+    return math.sqrt(max(sigma * sigma - added, (0.5 * f) ** 2)) / f
 
 
 def _disk(radius: float) -> np.ndarray:
@@ -141,42 +174,56 @@ def _eig2(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> tuple[np.ndarray, np.n
     return half_tr + disc, half_tr - disc
 
 
-def _sobel(x: np.ndarray, axis: int) -> np.ndarray:
-    return ndi.sobel(x, axis=axis, mode="reflect") * np.float32(0.125)
+def _smooth121(x: np.ndarray, axis: int) -> np.ndarray:
+    """[1, 2, 1] / 4 along ``axis`` with ``nearest`` edges (same as ``reflect`` for 3 taps)."""
+    out = x * np.float32(2)
+    src, dst = np.moveaxis(x, axis, 0), np.moveaxis(out, axis, 0)
+    dst[1:] += src[:-1]
+    dst[:-1] += src[1:]
+    dst[0] += src[0]
+    dst[-1] += src[-1]
+    out *= np.float32(0.25)
+    return out
 
 
 def _diff(x: np.ndarray, axis: int) -> np.ndarray:
-    """Central difference (one pass; edges replicate their neighbour): cheaper than Sobel on a blurred image."""
+    """Central difference (x[i+1] - x[i-1]) / 2 with ``nearest`` edges (zero on a 1-px axis)."""
     d = np.empty_like(x)
-    if axis == 1:
-        np.subtract(x[:, 2:], x[:, :-2], out=d[:, 1:-1])
-        d[:, 0], d[:, -1] = d[:, 1], d[:, -2]
-    else:
-        np.subtract(x[2:], x[:-2], out=d[1:-1])
-        d[0], d[-1] = d[1], d[-2]
+    src, dst = np.moveaxis(x, axis, 0), np.moveaxis(d, axis, 0)
+    if src.shape[0] < 2:
+        d[...] = 0
+        return d
+    np.subtract(src[2:], src[:-2], out=dst[1:-1])
+    np.subtract(src[1], src[0], out=dst[0])
+    np.subtract(src[-1], src[-2], out=dst[-1])
     d *= np.float32(0.5)
     return d
 
 
+def _sobel(x: np.ndarray, axis: int) -> np.ndarray:
+    """Sobel derivative normalised to unit gain: a [1, 2, 1] / 4 smoothing across ``axis``, then
+    a central difference along it (slice arithmetic, ~10x faster than ``ndi.sobel`` on a 1024^2
+    image, measured; it runs at every sigma). Equals ``ndi.sobel(x, axis, mode="nearest") / 8``."""
+    return _diff(_smooth121(x, 1 - axis), axis)
+
+
 def _diff2(x: np.ndarray, axis: int) -> np.ndarray:
-    """Second difference x[i+1] - 2 x[i] + x[i-1]."""
+    """Second difference x[i+1] - 2 x[i] + x[i-1] with ``nearest`` edges (zero on a 1-px axis)."""
     d = np.empty_like(x)
-    if axis == 1:
-        np.add(x[:, 2:], x[:, :-2], out=d[:, 1:-1])
-        d[:, 1:-1] -= 2 * x[:, 1:-1]
-        d[:, 0], d[:, -1] = d[:, 1], d[:, -2]
-    else:
-        np.add(x[2:], x[:-2], out=d[1:-1])
-        d[1:-1] -= 2 * x[1:-1]
-        d[0], d[-1] = d[1], d[-2]
+    src, dst = np.moveaxis(x, axis, 0), np.moveaxis(d, axis, 0)
+    if src.shape[0] < 2:
+        d[...] = 0
+        return d
+    np.add(src[2:], src[:-2], out=dst[1:-1])
+    dst[1:-1] -= 2 * src[1:-1]
+    np.subtract(src[1], src[0], out=dst[0])
+    np.subtract(src[-2], src[-1], out=dst[-1])
     return d
 
 
 # --------------------------------------------------------------------------- per-level filters
 
-def _gauss_group(
-    x: np.ndarray, s_lvl: float, prev_lvl: float, f: int, filters: Sequence[str], jac: tuple | None = None
-) -> dict:
+def _gauss_group(x: np.ndarray, s_lvl: float, prev_lvl: float, f: int, filters: Sequence[str]) -> dict:
     """Filters derived from the Gaussian blur at one level (sigma in level pixels)."""
     out: dict[str, np.ndarray] = {}
     g = ndi.gaussian_filter(x, s_lvl, mode="reflect", truncate=3.0)
@@ -197,11 +244,15 @@ def _gauss_group(
                 out["hessian_det"] = hxx * hyy - hxy * hxy
             if "laplacian" in filters:
                 out["laplacian"] = hxx + hyy
-    if "structure" in filters and jac is not None:
-        # jac: block means of the full-resolution gradient products, so the inner scale stays 1 px
-        jxx, jyy, jxy = (ndi.gaussian_filter(j, s_lvl, truncate=3.0) for j in jac)
-        out["structure_max"], out["structure_min"] = _eig2(jxx, jxy, jyy)
     return out
+
+
+def _structure_group(jac: tuple, s_lvl: float) -> dict:
+    """Structure-tensor eigenvalues; ``jac`` holds block means of the full-resolution gradient
+    products (so the inner scale stays 1 px whatever the level), integrated at ``s_lvl``."""
+    jxx, jyy, jxy = (ndi.gaussian_filter(j, s_lvl, truncate=3.0) for j in jac)
+    smax, smin = _eig2(jxx, jxy, jyy)
+    return {"structure_max": smax, "structure_min": smin}
 
 
 def _cross_entropy_r1(q: np.ndarray, bins: int) -> np.ndarray:
@@ -223,9 +274,10 @@ def _cross_entropy_r1(q: np.ndarray, bins: int) -> np.ndarray:
     return lut[prod]
 
 
-def _rank_group(mean_img, min_img, max_img, hist, r_lvl: float, filters: Sequence[str]) -> dict:
-    """Disk statistics at one level; ``hist`` is (bins, h, w) block histograms, or at full
-    resolution the (h, w) uint8 grey-bin image."""
+def _rank_group(mean_img, sq_img, min_img, max_img, hist, r_lvl: float, filters: Sequence[str]) -> dict:
+    """Disk statistics at one level. ``mean_img`` / ``sq_img`` are block means of x and x^2 (so the
+    variance over the disk keeps the within-block part that block averaging removes from x);
+    ``hist`` is (bins, h, w) block histograms, or at full resolution the (h, w) uint8 grey-bin image."""
     out: dict[str, np.ndarray] = {}
     fp = _disk(r_lvl)
     w = (fp / fp.sum()).astype(np.float32)
@@ -234,7 +286,8 @@ def _rank_group(mean_img, min_img, max_img, hist, r_lvl: float, filters: Sequenc
         if "mean" in filters:
             out["mean"] = m
         if "variance" in filters:
-            out["variance"] = np.maximum(ndi.correlate(mean_img * mean_img, w, mode="reflect") - m * m, 0)
+            sq = mean_img * mean_img if sq_img is None else sq_img
+            out["variance"] = np.maximum(ndi.correlate(sq, w, mode="reflect") - m * m, 0)
     if "min" in filters:
         out["min"] = ndi.grey_erosion(min_img, footprint=fp, mode="reflect")
     if "max" in filters:
@@ -280,11 +333,74 @@ def _membrane(x: np.ndarray, size: int, n_angles: int) -> dict:
     }
 
 
-def _upsample(stack: np.ndarray, f: int) -> np.ndarray:
-    """(C, h, w) -> (h*f, w*f, C) bilinear, block-centre aligned (torch is multi-threaded here)."""
-    t = torch.from_numpy(stack)[None].contiguous(memory_format=torch.channels_last)
-    up = F.interpolate(t, scale_factor=f, mode="bilinear", align_corners=False)
-    return up.permute(0, 2, 3, 1)[0].numpy()
+def _upsample2(x: np.ndarray) -> np.ndarray:
+    """(h, w, K) -> (2h, 2w, K) bilinear, block-centre aligned, channels last.
+
+    Channels-last keeps the K values of a pixel together, so the kernel vectorises over channels
+    and the result goes to the (H, W, F) output with row-block copies instead of a transpose (3x
+    cheaper than per-level channel-first upsampling, measured). The buffer is numpy's on purpose:
+    numpy asks the kernel for huge pages on large arrays and torch's allocator does not, and
+    first-touch page faults on fresh torch buffers cost ~0.5 ms/MB here (measured)."""
+    h, w, k = x.shape
+    buf = np.empty((2 * h, 2 * w, k), np.float32)
+    src = torch.from_numpy(np.ascontiguousarray(x)).permute(2, 0, 1)[None]
+    dst = torch.from_numpy(buf).permute(2, 0, 1)[None]
+    torch.ops.aten.upsample_bilinear2d.out(src, [2 * h, 2 * w], False, None, None, out=dst)
+    return buf
+
+
+def _runs(idx: Sequence[int]) -> list[tuple[int, int, int]]:
+    """Maximal runs of consecutive output channels: (position in idx, first channel, length)."""
+    runs: list[tuple[int, int, int]] = []
+    for j, i in enumerate(idx):
+        if runs and runs[-1][1] + runs[-1][2] == i:
+            runs[-1] = (runs[-1][0], runs[-1][1], runs[-1][2] + 1)
+        else:
+            runs.append((j, i, 1))
+    return runs
+
+
+def _write_block(out: np.ndarray, start: int, planes: np.ndarray) -> None:
+    """out[:, :, start:start+C] = planes (C, H', W') cropped to out's size: one transposing copy.
+    numpy's, single-threaded on purpose: torch's parallel copy split the few channels between
+    threads writing the same cache lines, and took 3x longer with 2 threads (measured)."""
+    H, W = out.shape[:2]
+    np.copyto(out[:, :, start : start + planes.shape[0]], planes[:, :H, :W].transpose(1, 2, 0))
+
+
+_BAND = 64  # output rows per step of the last upsampling (even)
+
+
+def _cascade(pending: dict[int, list[tuple[list[int], np.ndarray]]], out: np.ndarray) -> None:
+    """Bring every pyramid level back to full resolution in one chain: coarsest level up 2x, joined
+    by the next level's channels, up 2x again, ... so each value is interpolated in a few cheap
+    small steps and only one (H, W, K) upsample touches full resolution."""
+    H, W = out.shape[:2]
+    acc: np.ndarray | None = None
+    acc_idx: list[int] = []
+    f = max(pending)
+    while f >= 2:
+        parts = pending.get(f, [])
+        if parts:
+            mine = np.concatenate([p for _, p in parts]).transpose(1, 2, 0)  # (h, w, k_f)
+            idx = [i for ix, _ in parts for i in ix]
+            acc = mine if acc is None else np.concatenate([mine, acc], axis=-1)
+            acc_idx = idx + acc_idx
+        if acc is not None and f > 2:
+            acc = _upsample2(acc)
+        f //= 2
+    if acc is None:
+        return
+    # the last 2x step straight into the output, a band of rows at a time: no full-size
+    # temporary, and each band is still in cache when it is copied
+    runs = _runs(acc_idx)
+    h = acc.shape[0]
+    for y0 in range(0, H, _BAND):
+        y1 = min(y0 + _BAND, H)
+        r0, r1 = max(y0 // 2 - 1, 0), min((y1 + 1) // 2 + 1, h)  # source rows + 1-row halo
+        up = _upsample2(acc[r0:r1])[y0 - 2 * r0 : y1 - 2 * r0, :W]
+        for j, start, n in runs:
+            np.copyto(out[y0:y1, :, start : start + n], up[:, :, j : j + n])
 
 
 # --------------------------------------------------------------------------- public entry point
@@ -292,7 +408,7 @@ def _upsample(stack: np.ndarray, f: int) -> np.ndarray:
 def classical_features(
     image: np.ndarray,
     sigmas: Sequence[float] = DEFAULT_SIGMAS,
-    filters: Sequence[str] = ALL_FILTERS,
+    filters: str | Sequence[str] = DEFAULT_FILTERS,
     *,
     base_sigma: float = 1.0,
     pyramid: bool = True,
@@ -308,7 +424,7 @@ def classical_features(
     per channel for float/16-bit images, /255 for uint8).
     """
     sigmas = tuple(float(s) for s in sigmas)
-    filters = tuple(filters)
+    filters = resolve_filters(filters)
     _check_filters(filters, sigmas)
     if image.ndim not in (2, 3):
         raise ShapeError(f"classical features need an (H, W) or (H, W, C) image, got shape {image.shape}.")
@@ -332,10 +448,11 @@ def classical_features(
     for ci, x in enumerate(chans):
         prefix = "" if len(chans) == 1 else f"c{ci}:"
         if "intensity" in filters:
-            out[..., index[prefix + "intensity"]] = x
+            jobs.append((ci, lambda x=x: {"intensity": x}, 1, prefix + "{}"))
         # pyramids of block means / minima / maxima / histograms
         xp = np.pad(x, ((0, Hp - H), (0, Wp - W)), mode="edge") if (Hp, Wp) != (H, W) else x
         pyr = {1: (xp, xp, xp)}
+        squares: dict[int, np.ndarray | None] = {1: None}  # block means of x^2, for the variance
         hists: dict[int, np.ndarray | None] = {1: None}
         if "entropy" in filters:
             hists[1] = np.minimum((xp * entropy_bins).astype(np.uint8), entropy_bins - 1)
@@ -347,6 +464,8 @@ def classical_features(
         while f < fmax:
             m, mn, mx = pyr[f]
             pyr[2 * f] = (_block(m, "mean"), _block(mn, "min"), _block(mx, "max"))
+            if "variance" in filters:
+                squares[2 * f] = _block(m * m if squares[f] is None else squares[f], "mean")
             jacs[2 * f] = None if jacs[f] is None else tuple(_block(j, "mean") for j in jacs[f])
             h = hists[f]
             hists[2 * f] = None
@@ -360,12 +479,18 @@ def classical_features(
             lv = _level_of(s, base_sigma, pyramid)
             m, mn, mx = pyr[lv]
             lab = prefix + "{}_s" + _fmt_sigma(s)
-            if any(k in filters for k in ("gaussian", "gradient", "hessian", "laplacian", "dog", "structure")):
+            if any(k in filters for k in ("gaussian", "gradient", "hessian", "laplacian", "dog")):
                 jobs.append((ci, lambda m=m, s=s, p=prev, lv=lv: _gauss_group(
-                    m, _level_sigma(s, lv), _level_sigma(p, lv), lv, filters, jacs[lv]), lv, lab))
+                    m, _level_sigma(s, lv), _level_sigma(p, lv), lv, filters), lv, lab))
+            if "structure" in filters:
+                # the integration window is smooth by construction: even at sigma 1 it is computed on
+                # 2x2 blocks (4x fewer pixels; 2x2 averaging + bilinear return is itself a ~1 px blur)
+                slv = max(lv, 2) if 2 in jacs else lv
+                jobs.append((ci, lambda s=s, slv=slv: _structure_group(jacs[slv], _level_sigma(s, slv)), slv, lab))
             if any(k in filters for k in ("mean", "variance", "min", "max", "median", "entropy")):
                 jobs.append(
-                    (ci, lambda m=m, mn=mn, mx=mx, lv=lv, s=s: _rank_group(m, mn, mx, hists[lv], s / lv, filters), lv, lab)
+                    (ci, lambda m=m, mn=mn, mx=mx, lv=lv, s=s: _rank_group(
+                        m, squares.get(lv), mn, mx, hists[lv], s / lv, filters), lv, lab)
                 )
             prev = s
         if "membrane" in filters:  # thin lines survive 2x2 averaging at half contrast: run at half size
@@ -373,37 +498,56 @@ def classical_features(
             msize = membrane_size // mlv + 1 if mlv > 1 else membrane_size
             jobs.append((ci, lambda m=pyr[mlv][0], ms=msize: _membrane(m, ms, membrane_angles), mlv, prefix + "{}"))
 
-    total = len(jobs)
+    total = len(jobs) + 1  # + the return of the pyramid levels to full resolution
+    pending: dict[int, list[tuple[list[int], np.ndarray]]] = {}  # level -> (channel ids, (k, h, w))
 
     def run(job) -> int:
         _, fn, lv, lab = job
         res = fn()
-        keys = sorted(res, key=lambda k: index[lab.format(k)])  # name order: one block copy
-        if lv == 1:
-            for k in keys:
-                out[..., index[lab.format(k)]] = res[k][:H, :W]
-        else:
-            up = _upsample(np.stack([res[k] for k in keys]), lv)
-            idx = [index[lab.format(k)] for k in keys]
-            if idx == list(range(idx[0], idx[0] + len(idx))):
-                out[..., idx[0] : idx[0] + len(idx)] = up[:H, :W]
-            else:
-                for j, i in enumerate(idx):
-                    out[..., i] = up[:H, :W, j]
+        keys = sorted(res, key=lambda k: index[lab.format(k)])  # name order: a contiguous block
+        idx = [index[lab.format(k)] for k in keys]
+        planes = np.stack([res[k] for k in keys])
+        if lv > 1:
+            pending.setdefault(lv, []).append((idx, planes))  # upsampled together by _cascade
+        elif idx == list(range(idx[0], idx[0] + len(idx))):
+            _write_block(out, idx[0], planes)
+        else:  # not reached with the built-in filter order; kept for safety
+            for j, i in enumerate(idx):
+                out[..., i] = planes[j, :H, :W]
         return 1
 
     done = 0
+
+    def tick() -> None:
+        nonlocal done
+        done += 1
+        if progress:
+            progress(done, total)
+
+    coarse = [j for j in jobs if j[2] > 1]
+    fine = [j for j in jobs if j[2] == 1]
     if workers <= 1:
-        for job in jobs:
-            done += run(job)
-            if progress:
-                progress(done, total)
+        for job in coarse + fine:
+            run(job)
+            tick()
+        if pending:
+            _cascade(pending, out)
+        tick()
     else:
         with ThreadPoolExecutor(max_workers=workers) as pool:
-            # big (full-resolution) jobs first so the small ones fill the gaps
-            order = sorted(jobs, key=lambda j: j[2])
-            for r in pool.map(run, order):
-                done += r
-                if progress:
-                    progress(done, total)
+            # the small pyramid jobs first, then the cascade (one worker) beside the
+            # full-resolution jobs (the other): two busy threads, not three (~15 % faster, measured)
+            coarse_done = [pool.submit(run, j) for j in coarse]
+
+            def cascade() -> None:
+                for fut in coarse_done:
+                    fut.result()
+                if pending:
+                    _cascade(pending, out)
+
+            cascade_done = pool.submit(cascade)
+            fine_done = [pool.submit(run, j) for j in fine]
+            for fut in coarse_done + [cascade_done] + fine_done:
+                fut.result()
+                tick()
     return out

@@ -19,10 +19,12 @@ from typing import Any, Callable
 import numpy as np
 
 from hrdv2.errors import ConfigError, ShapeError
-from hrdv2.features.classical import ALL_FILTERS, DEFAULT_SIGMAS, classical_features, feature_names
+from hrdv2.features.classical import (
+    CLASSICAL_VERSION, DEFAULT_FILTERS, DEFAULT_SIGMAS, classical_features, feature_names, resolve_filters,
+)
 
 KINDS = ("classical", "deep", "hybrid")
-NORMALISE = ("percentile", "none")
+NORMALISE = ("auto", "percentile", "none")
 PERCENTILES = (0.5, 99.5)
 Progress = Callable[[int, int], None] | None
 
@@ -36,7 +38,7 @@ class FeatureConfig:
 
     kind: str = "classical"
     sigmas: tuple[float, ...] = DEFAULT_SIGMAS
-    filters: tuple[str, ...] = ALL_FILTERS
+    filters: tuple[str, ...] = DEFAULT_FILTERS
     backbone: str = "dinov2_vits14"
     weights: str | None = None
     stride: int | None = None
@@ -44,7 +46,7 @@ class FeatureConfig:
     pattern: str = "moore"
     flips: bool = False
     pca_components: int | None = None
-    normalise: str = "percentile"
+    normalise: str = "auto"
     device: str = "cpu"
     batch_size: int = 4
 
@@ -52,7 +54,7 @@ class FeatureConfig:
         if self.kind not in KINDS:
             raise ConfigError(f"unknown feature set {self.kind!r}; choose one of {list(KINDS)}.")
         object.__setattr__(self, "sigmas", tuple(float(s) for s in self.sigmas))
-        object.__setattr__(self, "filters", tuple(self.filters))
+        object.__setattr__(self, "filters", resolve_filters(self.filters))  # "default" / "all" / names
         object.__setattr__(self, "shifts", tuple(int(s) for s in self.shifts))
         if self.normalise not in NORMALISE:
             raise ConfigError(f"normalise must be one of {list(NORMALISE)}, got {self.normalise!r}.")
@@ -91,6 +93,8 @@ class FeatureConfig:
         d = {k: v for k, v in self.to_dict().items() if k not in _RUNTIME_FIELDS}
         if not self.uses_classical:
             d.pop("sigmas"), d.pop("filters")
+        else:  # features cached by an hrdv2 whose filters computed other values must not be reused
+            d["classical_version"] = CLASSICAL_VERSION
         if not self.uses_deep:
             for k in ("backbone", "weights", "stride", "shifts", "pattern", "flips", "pca_components"):
                 d.pop(k)
@@ -174,13 +178,21 @@ def pca_reduce(x: np.ndarray, k: int, random_state: int = 0) -> np.ndarray:
 
 # --------------------------------------------------------------------------- entry point
 
-def normalise_image(image: np.ndarray, mode: str = "percentile") -> np.ndarray:
-    """float32 image in [0, 1]. ``percentile``: per channel, stretch the 0.5..99.5 percentiles to
-    0..1 and clip, so models transfer between micrographs of different brightness / contrast
-    (e.g. isb_0 spans 6..248 grey levels, the NASA images of the same alloy 107..158).
-    ``none``: uint8 / 255, other types min-max rescaled (``hrdv2.io.to_float01``)."""
+def normalise_image(image: np.ndarray, mode: str = "auto") -> np.ndarray:
+    """float32 image in [0, 1].
+
+    ``percentile``: per channel, stretch the 0.5..99.5 percentiles to 0..1 and clip, so models
+    transfer between micrographs of different brightness / contrast (e.g. isb_0 spans 6..248 grey
+    levels, the NASA images of the same alloy 107..158). ``none``: uint8 / 255, other types
+    min-max rescaled (``hrdv2.io.to_float01``). ``auto`` (default): ``percentile`` for grey images,
+    ``none`` for colour ones, whose hue a per-channel stretch would shift (random-forest mIoU on
+    the held-out horse photos: 0.46 unstretched, 0.39 stretched; on the held-out superalloy
+    micrographs the stretch wins, 0.38 against 0.26).
+    """
     from hrdv2.io import to_float01
 
+    if mode == "auto":
+        mode = "percentile" if image.ndim == 2 or image.shape[-1] == 1 else "none"
     if mode == "none":
         return to_float01(image)
     x = image.astype(np.float32)
