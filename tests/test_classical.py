@@ -163,8 +163,9 @@ def test_threads_match_serial_and_progress():
     img = (np.random.default_rng(2).random((50, 70)) * 255).astype(np.uint8)
     calls = []
     a = classical_features(img, filters="all", n_threads=1, progress=lambda d, t: calls.append((d, t)))
-    b = classical_features(img, filters="all", n_threads=3)
-    np.testing.assert_array_equal(a, b)
+    # threads finish in any order; the result must not depend on it (repeat to give races a chance)
+    for _ in range(6):
+        np.testing.assert_array_equal(classical_features(img, filters="all", n_threads=3), a)
     assert calls and calls[-1][0] == calls[-1][1]
 
 

@@ -74,8 +74,8 @@ def _floats(text: str) -> tuple[float, ...]:
               help="Feature cache folder (re-training after new strokes skips featurising).")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Model file to write (.skops).")
-def train(images, scribbles, kind, classifier, sigmas, filters, normalise, backbone, weights, stride, flips, pca_components, crf,
-          max_samples, class_names, cache_dir, device, out) -> None:
+def train(images, scribbles, kind, classifier, sigmas, filters, normalise, backbone, weights, stride, flips,
+          pca_components, crf, max_samples, class_names, cache_dir, device, out) -> None:
     """Train a segmenter on image + scribble pairs."""
     from hrdv2.features.sets import FeatureConfig
     from hrdv2.io import read_image, read_labels

@@ -41,7 +41,6 @@ from typing import Callable, Sequence
 import numpy as np
 import scipy.ndimage as ndi
 import torch
-import torch.nn.functional as F
 
 from hrdv2.errors import ConfigError, ShapeError
 from hrdv2.io import to_float01
@@ -57,9 +56,9 @@ ALL_FILTERS: tuple[str, ...] = (
 # The default selection, chosen by measurement (benchmarks/wss.py; table in docs/segmentation.md):
 # with it both a random forest and logistic regression beat the scikit-image reference on all six
 # labelled sets in ../shared/data, where the full bank lost with a random forest on two (tcell,
-# sofc), and it is 36 channels per image channel instead of 81. The rest (membrane projections, mean / min / max /
-# median, entropy, Laplacian, structure tensor) is opt-in: ``filters="all"`` or a list. Trainable
-# Weka Segmentation, too, switches on only part of its bank by default.
+# sofc), and it is 36 channels per image channel instead of 81. The rest (membrane projections,
+# mean / min / max / median, entropy, Laplacian, structure tensor) is opt-in: ``filters="all"``
+# or a list. Trainable Weka Segmentation, too, switches on only part of its bank by default.
 DEFAULT_FILTERS: tuple[str, ...] = ("intensity", "gaussian", "gradient", "hessian", "dog", "variance")
 FILTER_PRESETS: dict[str, tuple[str, ...]] = {"default": DEFAULT_FILTERS, "all": ALL_FILTERS}
 _PER_SIGMA: dict[str, tuple[str, ...]] = {
@@ -362,8 +361,8 @@ def _runs(idx: Sequence[int]) -> list[tuple[int, int, int]]:
 
 def _write_block(out: np.ndarray, start: int, planes: np.ndarray) -> None:
     """out[:, :, start:start+C] = planes (C, H', W') cropped to out's size: one transposing copy.
-    numpy's, single-threaded on purpose: torch's parallel copy split the few channels between
-    threads writing the same cache lines, and took 3x longer with 2 threads (measured)."""
+    numpy's, single-threaded on purpose: torch's parallel copy of these few-channel blocks took
+    3x longer with 2 threads than with 1 (measured; likely both threads writing the same lines)."""
     H, W = out.shape[:2]
     np.copyto(out[:, :, start : start + planes.shape[0]], planes[:, :H, :W].transpose(1, 2, 0))
 
@@ -380,7 +379,9 @@ def _cascade(pending: dict[int, list[tuple[list[int], np.ndarray]]], out: np.nda
     acc_idx: list[int] = []
     f = max(pending)
     while f >= 2:
-        parts = pending.get(f, [])
+        # a fixed channel order whatever order the threads finished in: the vectorised kernel
+        # rounds a channel's value differently depending on its lane, and results must be repeatable
+        parts = sorted(pending.get(f, []), key=lambda part: part[0][0])
         if parts:
             mine = np.concatenate([p for _, p in parts]).transpose(1, 2, 0)  # (h, w, k_f)
             idx = [i for ix, _ in parts for i in ix]
@@ -504,16 +505,14 @@ def classical_features(
     def run(job) -> int:
         _, fn, lv, lab = job
         res = fn()
-        keys = sorted(res, key=lambda k: index[lab.format(k)])  # name order: a contiguous block
+        keys = sorted(res, key=lambda k: index[lab.format(k)])  # name order: contiguous channels
         idx = [index[lab.format(k)] for k in keys]
         planes = np.stack([res[k] for k in keys])
         if lv > 1:
             pending.setdefault(lv, []).append((idx, planes))  # upsampled together by _cascade
-        elif idx == list(range(idx[0], idx[0] + len(idx))):
-            _write_block(out, idx[0], planes)
-        else:  # not reached with the built-in filter order; kept for safety
-            for j, i in enumerate(idx):
-                out[..., i] = planes[j, :H, :W]
+        else:
+            for j, start, n in _runs(idx):
+                _write_block(out, start, planes[j : j + n])
         return 1
 
     done = 0
