@@ -77,7 +77,7 @@ def reference(backbone, image, transforms, stride):
 
     from hrdv2.upsample import PatchGeometry, image_to_tensor
 
-    x = image_to_tensor(image)
+    x = image_to_tensor(image, device=backbone.device)
     H, W = x.shape[-2:]
     geo = PatchGeometry(H, W, backbone.patch_size, stride)
     t0 = time.perf_counter()
@@ -85,8 +85,8 @@ def reference(backbone, image, transforms, stride):
     feats, attn = backbone.forward_patches(batch, stride)
     vit = time.perf_counter() - t0
     gh, gw = geo.grid
-    acc = torch.zeros(backbone.embed_dim, H, W)
-    acc_attn = torch.zeros(backbone.num_heads, H, W)
+    acc = torch.zeros(backbone.embed_dim, H, W, device=feats.device)
+    acc_attn = torch.zeros(backbone.num_heads, H, W, device=feats.device)
     for i, t in enumerate(transforms):
         up = F.interpolate(feats[i: i + 1], size=(gh * stride, gw * stride), mode="nearest-exact")[..., :H, :W]
         acc += t.inverse(up)[0]

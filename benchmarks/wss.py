@@ -41,7 +41,8 @@ import scipy.ndimage as ndi
 
 from hrdv2.errors import WeightsUnavailableError
 from hrdv2.features.classical import feature_names
-from hrdv2.features.sets import FeatureConfig, compute_features, describe_backbone
+from hrdv2.engine import BackboneCache, FeatureEngine, compute_features
+from hrdv2.features.sets import FeatureConfig
 from hrdv2.io import read_image, read_labels
 from hrdv2.metrics.segmentation import confusion_matrix, mean_iou
 from hrdv2.segmentation import Segmenter, simulate_scribbles
@@ -123,7 +124,7 @@ def _timed(fn, *a, **k):
 
 
 def run_set(s: dict, kinds: list[str], classifiers: list[str], configs: dict[str, FeatureConfig],
-            seeds: int = 1) -> list[dict]:
+            seeds: int = 1, backbones: BackboneCache | None = None) -> list[dict]:
     """mIoU (mean over ``seeds`` classifier seeds; features are deterministic) and timings."""
     rows = []
     n_cls = max(int(max(sc.max() for _, sc in s["train"])), int(max(g.max() for _, g in s["test"])))
@@ -150,11 +151,11 @@ def run_set(s: dict, kinds: list[str], classifiers: list[str], configs: dict[str
                  "miou_sd": float(np.std(mious)), "featurise_s": tf / len(ref_feats), "fit_s": tfit / seeds,
                  "predict_s": tpred / (seeds * len(s["test"]))})
     for kind in kinds:
-        cfg = configs[kind]
+        engine = FeatureEngine(configs[kind], backbones=backbones)
         try:
             feats, tf = [], 0.0
             for im, _ in s["train"] + s["test"]:
-                f, dt = _timed(compute_features, im, cfg)
+                f, dt = _timed(engine.compute, im)
                 feats.append(f)
                 tf += dt
         except WeightsUnavailableError as exc:
@@ -249,10 +250,11 @@ def main(argv: list[str] | None = None) -> int:
     shifts = tuple(int(v) for v in a.shifts.split(",") if v)
     configs = {k: FeatureConfig(kind=k.split("-")[0], filters="all" if k.endswith("-all") else "default",
                                 backbone=a.backbone, weights=a.weights, shifts=shifts) for k in kinds}
+    backbones = BackboneCache()  # one load per backbone for the whole run
     backbone = "none"
     if any(c.uses_deep for c in configs.values()):
         try:
-            backbone = describe_backbone(next(c for c in configs.values() if c.uses_deep))
+            backbone = FeatureEngine(next(c for c in configs.values() if c.uses_deep), backbones=backbones).describe()
         except WeightsUnavailableError as exc:
             backbone = f"unavailable ({str(exc).split('. ')[0]})"
     print(f"# hrdv2 scribble-segmentation benchmark  ({platform.node()}, {os.cpu_count()} CPUs, "
@@ -269,7 +271,7 @@ def main(argv: list[str] | None = None) -> int:
     print(hdr)
     for name, s in sets.items():
         frac = np.mean([np.mean(sc > 0) for _, sc in s["train"]])
-        rows = run_set(s, kinds, classifiers, configs, a.seeds)
+        rows = run_set(s, kinds, classifiers, configs, a.seeds, backbones)
         ref = rows[0]
         for r in rows:
             if "error" in r:

@@ -346,8 +346,8 @@ def test_stroke_refusals_unknown_ids(client, micrograph):
                         ("get", "/api/images/999/probabilities.tif"), ("post", "/api/images/999/predict"),
                         ("post", "/api/projects/999/train"), ("post", "/api/projects/999/apply"),
                         ("get", "/api/projects/999/model.skops"), ("get", "/api/projects/999/phase_fractions.csv"),
-                        ("get", "/api/projects/999/results.zip"), ("get", "/api/jobs/nope"),
-                        ("post", "/api/jobs/nope/cancel"), ("get", "/api/jobs/nope/events")]:
+                        ("get", "/api/projects/999/results.zip"), ("get", "/api/jobs/0123456789ab"),
+                        ("post", "/api/jobs/0123456789ab/cancel"), ("get", "/api/jobs/0123456789ab/events")]:
         kwargs = {"json": stroke if url.endswith("strokes") and method == "post" else {}} if method == "post" else {}
         assert getattr(client, method)(url, **kwargs).status_code == 404, url
 
@@ -554,3 +554,230 @@ def test_download_of_an_image_with_a_non_ascii_name(client, trained, dirs, micro
     r = client.get(f"/api/images/{iid}/labels.png")
     assert r.status_code == 200 and r.headers["content-disposition"] == 'attachment; filename="_m__chantillon_labels.png"'
     assert client.get(f"/api/images/{iid}/probabilities.tif").status_code == 200
+
+
+# -- issue 10: ids, stroke cost, class count, stale predictions, loopback, body limits -------
+def _id_routes(client: TestClient) -> list[tuple[str, str]]:
+    """(method, path template) of every API operation that takes a database id in its path."""
+    paths = client.get("/openapi.json").json()["paths"]
+    return [(method.upper(), path) for path, ops in paths.items() for method in ops
+            if any(f"{{{k}}}" in path for k in ("project_id", "image_id", "class_id"))]
+
+
+@pytest.mark.parametrize("bad", [2**63, 2**64, 10**30, 0, -1, -(2**63) - 1])
+def test_ids_out_of_range_are_422_on_every_route(client, bad):
+    routes = _id_routes(client)
+    assert len(routes) >= 25
+    for method, template in routes:
+        url = template.replace("{project_id}", str(bad)).replace("{image_id}", str(bad)).replace("{class_id}", str(bad))
+        r = client.request(method, url)
+        assert r.status_code == 422, (method, url, r.status_code, r.text)
+        assert any(e["loc"][0] == "path" for e in r.json()["detail"]), r.text
+
+
+def test_largest_id_is_a_plain_404(client):
+    top = 2**63 - 1
+    for method, template in _id_routes(client):
+        url = template.replace("{project_id}", str(top)).replace("{image_id}", str(top)).replace("{class_id}", str(top))
+        body = {"tool": "brush", "class_id": 1, "radius": 1, "points": [[1, 1]]} if url.endswith("/strokes") else None
+        body = {"name": "x", "color": "#123456"} if url.endswith("/classes") and method == "POST" else body
+        body = {"path": "crop.png"} if url.endswith("from-data") else body
+        body = {} if url.endswith("/train") else body
+        r = client.request(method, url, json=body) if body is not None else client.request(method, url)
+        assert r.status_code in (404, 422) and r.status_code != 500, (method, url, r.text)
+        if method in ("GET", "DELETE") or url.endswith(("/train", "/strokes", "/predict", "/apply", "/undo")):
+            assert r.status_code == 404, (method, url, r.text)
+
+
+def test_ids_in_bodies_are_bounded(client, micrograph):
+    p = _project(client)
+    img = _upload(client, p["id"], _png(micrograph[0]))[0]
+    for bad in (2**63, 10**30, 0, -5):
+        r = client.post(f"/api/images/{img['id']}/strokes", json={"tool": "brush", "class_id": bad, "radius": 2, "points": [[3, 3]]})
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"][-1] == "class_id", r.text
+        r = client.post(f"/api/projects/{p['id']}/train", json={"image_id": bad})
+        assert r.status_code == 422 and r.json()["detail"][0]["loc"][-1] == "image_id", r.text
+    assert client.get(f"/api/images/{img['id']}/strokes").json() == []
+
+
+def _reference_cover(points: np.ndarray, radius: float, shape: tuple[int, int]) -> np.ndarray:
+    """Distance from every pixel centre to the polyline, by brute force (small images only)."""
+    h, w = shape
+    yy, xx = np.mgrid[0:h, 0:w] + 0.5
+    pts = points if len(points) > 1 else np.vstack([points, points])
+    best = np.full(shape, np.inf)
+    for (x0, y0), (x1, y1) in zip(pts[:-1], pts[1:]):
+        dx, dy = x1 - x0, y1 - y0
+        seg2 = dx * dx + dy * dy
+        t = np.clip(((xx - x0) * dx + (yy - y0) * dy) / seg2, 0, 1) if seg2 > 0 else 0.0
+        best = np.minimum(best, np.hypot(xx - x0 - t * dx, yy - y0 - t * dy))
+    return best
+
+
+def test_both_stroke_methods_match_the_definition():
+    """Row spans are exact; the dilation used for huge strokes errs only within ~1 px of the edge."""
+    from hrdv2.app.raster import stroke_mask
+
+    rng = np.random.default_rng(7)
+    for trial in range(40):
+        shape = (int(rng.integers(8, 70)), int(rng.integers(8, 70)))
+        pts = rng.uniform(-25, 95, (int(rng.integers(1, 9)), 2))
+        if trial % 4 == 0:
+            pts = np.round(pts)  # axis-parallel and integer cases
+        radius = float(rng.choice([0.5, 1.0, 2.5, 6.0, 17.0]))
+        dist = _reference_cover(pts, radius, shape)
+        for exact in (True, False):
+            painted = np.zeros(shape, bool)
+            found = stroke_mask(pts, radius, shape, exact=exact)
+            if found is not None:
+                (r0, c0), mask = found
+                painted[r0:r0 + mask.shape[0], c0:c0 + mask.shape[1]] = mask
+            wrong = painted != (dist <= radius)
+            tolerance = 1e-9 if exact else 1.5
+            assert not (wrong & (np.abs(dist - radius) > tolerance)).any(), (trial, exact, radius, pts.tolist())
+            if not exact and radius >= 6:  # the radii that take this path: few pixels differ
+                assert wrong.sum() <= max(3, 0.1 * (dist <= radius).sum()), (trial, radius)
+
+
+def test_a_maximal_stroke_is_drawn_in_bounded_time(client, micrograph):
+    """20000 points at radius 512 took minutes per rasterisation; now it is one linear pass."""
+    from hrdv2.app.schemas import MAX_BRUSH_RADIUS, MAX_STROKE_POINTS
+
+    big = np.tile(micrograph[0], (3, 3))  # 480 x 480
+    p = _project(client)
+    img = _upload(client, p["id"], _png(big))[0]
+    a, b = _two_classes(client, p["id"])
+    t = np.linspace(0, 1, MAX_STROKE_POINTS)
+    corner = np.stack([20 + 19 * np.cos(173 * t), 20 + 19 * np.sin(211 * t)], axis=1)  # a dense scribble near (20, 20)
+    url = f"/api/images/{img['id']}"
+    start = time.perf_counter()
+    r = client.post(f"{url}/strokes", json={"tool": "brush", "class_id": a["id"], "radius": MAX_BRUSH_RADIUS,
+                                            "points": corner.round(2).tolist()})
+    assert r.status_code == 201, r.text
+    scr = np.asarray(Image.open(io.BytesIO(client.get(f"{url}/scribbles.png").content)))
+    elapsed = time.perf_counter() - start
+    assert elapsed < 5.0, f"one maximal stroke took {elapsed:.1f} s to store and draw"
+    from scipy.spatial import cKDTree
+
+    yy, xx = np.mgrid[0:480, 0:480] + 0.5
+    dist, _ = cKDTree(corner.round(2)).query(np.stack([xx.ravel(), yy.ravel()], 1))
+    dist = dist.reshape(480, 480)  # distance to the nearest point: at most ~0.02 px more than to the polyline
+    assert (scr[dist <= MAX_BRUSH_RADIUS - 1.5] == 1).all() and (scr[dist > MAX_BRUSH_RADIUS + 1.5] == 0).all()
+    assert 0 < (scr == 0).sum() < scr.size
+    # the same stroke again, everywhere in the image, as the eraser
+    spread = np.stack([240 + 230 * np.cos(173 * t), 240 + 230 * np.sin(211 * t)], axis=1)
+    start = time.perf_counter()
+    r = client.post(f"{url}/strokes", json={"tool": "eraser", "radius": MAX_BRUSH_RADIUS, "points": spread.round(2).tolist()})
+    assert r.status_code == 201, r.text
+    scr = np.asarray(Image.open(io.BytesIO(client.get(f"{url}/scribbles.png").content)))
+    assert time.perf_counter() - start < 5.0 and not scr.any()
+
+
+def test_a_stroke_too_costly_to_draw_is_refused_at_once(client):
+    """Only a huge, dense stroke over a large image is left over; it is refused before storing."""
+    p = _project(client)
+    img = _upload(client, p["id"], _png(np.zeros((2000, 2000), np.uint8)), "large.png")[0]
+    a, _ = _two_classes(client, p["id"])
+    scatter = np.random.default_rng(0).uniform(0, 2000, (20000, 2)).round(2).tolist()
+    start = time.perf_counter()
+    r = client.post(f"/api/images/{img['id']}/strokes", json={"tool": "brush", "class_id": a["id"], "radius": 512, "points": scatter})
+    assert r.status_code == 422 and "too costly" in r.json()["detail"] and "smaller brush" in r.json()["detail"]
+    assert time.perf_counter() - start < 5.0
+    assert client.get(f"/api/images/{img['id']}/strokes").json() == []
+    ok = client.post(f"/api/images/{img['id']}/strokes", json={"tool": "brush", "class_id": a["id"], "radius": 50,
+                                                               "points": scatter[:2000]})
+    assert ok.status_code == 201  # a long stroke with a browser-sized brush is fine
+
+
+def test_at_most_255_classes(client, micrograph):
+    p = _project(client)
+    store = client.app.state.hrdv2.store
+    for k in range(253):
+        store.add_class(p["id"], f"c{k}", "#123456")
+    last = client.post(f"/api/projects/{p['id']}/classes", json={"name": "c253", "color": "#abcdef"})
+    top = client.post(f"/api/projects/{p['id']}/classes", json={"name": "c254", "color": "#abcdef"})
+    assert last.status_code == top.status_code == 201 and top.json()["value"] == 255
+    r = client.post(f"/api/projects/{p['id']}/classes", json={"name": "one too many", "color": "#abcdef"})
+    assert r.status_code == 422 and "255" in r.json()["detail"] and "delete a class" in r.json()["detail"]
+    assert len(client.get(f"/api/projects/{p['id']}/classes").json()) == 255
+    img = _upload(client, p["id"], _png(micrograph[0]))[0]
+    client.post(f"/api/images/{img['id']}/strokes", json={"tool": "brush", "class_id": top.json()["id"], "radius": 2, "points": [[9, 9]]})
+    scr = np.asarray(Image.open(io.BytesIO(client.get(f"/api/images/{img['id']}/scribbles.png").content)))
+    assert scr[9, 9] == 255 and scr.dtype == np.uint8
+    client.delete(f"/api/classes/{top.json()['id']}")
+    assert client.post(f"/api/projects/{p['id']}/classes", json={"name": "again", "color": "#abcdef"}).status_code == 201
+
+
+def test_deleting_a_class_drops_stored_predictions(client, trained):
+    p, img, classes = trained
+    s = client.app.state.hrdv2
+    assert _wait(client, client.post(f"/api/projects/{p['id']}/apply").json())["state"] == "done"
+    iid = img["id"]
+    for path in ("labels.png", "prediction", "probabilities.tif"):
+        assert client.get(f"/api/images/{iid}/{path}").status_code == 200
+    assert client.get(f"/api/projects/{p['id']}").json()["has_phase_fractions"] is True
+    old_model, old_version = s.engine.model(p["id"]), client.get(f"/api/projects/{p['id']}").json()["model_version"]
+    client.delete(f"/api/classes/{classes[1]['id']}")
+    for path in ("labels.png", "prediction", "probabilities.tif"):
+        r = client.get(f"/api/images/{iid}/{path}")
+        assert r.status_code == 404 and "no prediction" in r.json()["detail"], path
+    assert client.get(f"/api/images/{iid}").json()["prediction_version"] == 0
+    assert client.get(f"/api/projects/{p['id']}/phase_fractions.csv").status_code == 404
+    assert client.get(f"/api/projects/{p['id']}").json()["has_phase_fractions"] is False
+    assert client.get(f"/api/projects/{p['id']}/results.zip").status_code == 404
+    # a prediction of the retired model that finishes late is not stored either
+    s.engine.predict(s.store.get_image(iid), old_model, old_version)
+    assert client.get(f"/api/images/{iid}/labels.png").status_code == 404
+
+
+@pytest.mark.parametrize("host,loopback", [
+    ("127.0.0.1", True), ("127.1", True), ("127.0.1", True), ("0x7f.1", True), ("0177.0.0.1", True),
+    ("2130706433", True), ("127.255.255.254", True), ("localhost", True), ("LocalHost.", True),
+    ("::1", True), ("[::1]", True), ("0:0:0:0:0:0:0:1", True), ("::ffff:127.0.0.1", True),
+    ("0.0.0.0", False), ("::", False), ("", False), ("192.168.1.20", False), ("10.0.0.1", False),
+    ("128.0.0.1", False), ("127.0.0.1 x", False),
+])
+def test_loopback_spellings(host, loopback):
+    from hrdv2.app.security import is_loopback
+
+    assert is_loopback(host) is loopback
+
+
+@pytest.mark.parametrize("host", ["127.1", "0x7f.0.0.1", "[::1]", "localhost"])
+def test_serve_keeps_the_host_check_on_any_loopback_spelling(monkeypatch, tmp_path, host):
+    from click.testing import CliRunner
+
+    import uvicorn
+    from hrdv2.cli.serve import serve
+
+    apps = []
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: apps.append((app, kw)))
+    r = CliRunner().invoke(serve, ["--project-dir", str(tmp_path / "p"), "--host", host])
+    assert r.exit_code == 0 and "warning" not in r.output, r.output
+    app, kw = apps[-1]
+    assert kw["host"] == host.strip("[]")
+    with TestClient(app, base_url="http://rebound.example") as c:
+        assert c.get("/api/projects").status_code == 400  # DNS rebinding still refused
+    with TestClient(app, base_url="http://localhost:8000") as c:
+        assert c.get("/api/projects").status_code == 200
+    with TestClient(app, base_url=f"http://{host}:8000") as c:
+        assert c.get("/api/projects").status_code == 200  # the address as typed on the command line
+
+
+def test_over_limit_body_is_413_chunked_or_not(dirs):
+    head = (b'--B0UND\r\nContent-Disposition: form-data; name="file"; filename="a.png"\r\n'
+            b"Content-Type: application/octet-stream\r\n\r\n\x89PNG\r\n\x1a\n")
+    body = head + bytes(1_500_000) + b"\r\n--B0UND--\r\n"  # over the 20 kB limit + 1 MiB of slack
+    headers = {"Content-Type": "multipart/form-data; boundary=B0UND"}
+    with TestClient(create_app(dirs[0], max_upload_bytes=20_000)) as c:
+        p = _project(c)
+        url = f"/api/projects/{p['id']}/images"
+        declared = c.post(url, content=body, headers=headers)
+        chunked = c.post(url, content=(body[i:i + 65536] for i in range(0, len(body), 65536)), headers=headers)
+        for r in (declared, chunked):
+            assert r.status_code == 413 and "limit" in r.json()["detail"], r.text
+        assert c.get(url).json() == []
+        small = head + bytes(100_000) + b"\r\n--B0UND--\r\n"  # within the slack: the upload's own limit says 413
+        r = c.post(url, content=(small[i:i + 4096] for i in range(0, len(small), 4096)), headers=headers)
+        assert r.status_code == 413 and "20,000" in r.json()["detail"]
+        assert _project(c, "still answering")["name"] == "still answering"

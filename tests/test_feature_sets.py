@@ -10,7 +10,8 @@ import pytest
 from hrdv2.errors import ConfigError, ShapeError
 from hrdv2.features.cache import FeatureCache, image_hash
 from hrdv2.features.classical import DEFAULT_FILTERS, feature_names
-from hrdv2.features.sets import FeatureConfig, compute_features, normalise_image, standardise
+from hrdv2.engine import FeatureEngine, compute_features
+from hrdv2.features.sets import FeatureConfig, normalise_image, standardise
 
 SMALL_DEEP = dict(weights="random", shifts=())  # identity transform only: keeps the ViT cheap on CPU
 
@@ -114,27 +115,42 @@ def test_deep_without_weights_is_a_clear_error(tmp_path):
         compute_features(np.zeros((28, 28), np.uint8), FeatureConfig(kind="deep", weights=str(tmp_path / "none.pth")))
 
 
-def test_cache_hits_after_first_compute(tmp_path, rng, monkeypatch):
+def test_cache_hits_after_first_compute(tmp_path, rng):
     img = (rng.random((32, 40)) * 255).astype(np.uint8)
     cfg = FeatureConfig(sigmas=(1, 2))
+    engine = FeatureEngine(cfg)
     cache = FeatureCache(tmp_path)
-    a = cache.get_or_compute(img, cfg)
+    a = cache.get_or_compute(img, cfg, lambda: engine.compute(img))
     assert cache.misses == 1 and cache.path_for(img, cfg).exists()
-    import hrdv2.features.cache as cache_mod
 
-    def boom(*a, **k):
+    def boom():
         raise AssertionError("features recomputed despite a cache entry")
 
-    monkeypatch.setattr(cache_mod, "compute_features", boom)
-    b = FeatureCache(tmp_path).get_or_compute(img.copy(), cfg)  # a fresh cache object, same content
+    b = FeatureCache(tmp_path).get_or_compute(img.copy(), cfg, boom)  # a fresh cache object, same content
     np.testing.assert_array_equal(a, b)
     # a different image or config misses
-    monkeypatch.undo()
     other = img.copy()
     other[0, 0] ^= 1
     assert image_hash(other) != image_hash(img)
-    cache.get_or_compute(other, cfg)
-    cache.get_or_compute(img, cfg.replace(sigmas=(1, 3)))
+    cache.get_or_compute(other, cfg, lambda: engine.compute(other))
+    cfg3 = cfg.replace(sigmas=(1, 3))
+    cache.get_or_compute(img, cfg3, lambda: FeatureEngine(cfg3).compute(img))
     assert cache.misses == 3
     assert not list(tmp_path.rglob("*.part*"))  # atomic writes leave no temporaries
     assert cache.clear() == 3
+
+
+def test_engine_features_go_through_its_cache_and_share_backbones(tmp_path, rng):
+    from hrdv2.engine import BackboneCache
+
+    img = (rng.random((28, 42)) * 255).astype(np.uint8)
+    backbones = BackboneCache()
+    cfg = FeatureConfig(kind="deep", **SMALL_DEEP)
+    one = FeatureEngine(cfg, cache_dir=tmp_path, backbones=backbones)
+    a = one.features(img)
+    two = FeatureEngine(cfg.replace(batch_size=2), cache_dir=tmp_path, backbones=backbones)
+    assert two.backbone is one.backbone and len(backbones) == 1  # loaded once
+    b = two.features(img)  # batch size is not part of the key: a cache hit, read back
+    np.testing.assert_array_equal(a, b)
+    assert isinstance(b, np.memmap) or not b.flags.owndata
+    assert len(list(tmp_path.glob("*/*.npy"))) == 1

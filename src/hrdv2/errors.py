@@ -30,3 +30,15 @@ class WeightsUnavailableError(HRDv2Error):
 
 class ModelFileError(HRDv2Error):
     """A saved model file is corrupt, untrusted, or does not fit the data it is applied to."""
+
+
+class ResourceLimitError(HRDv2Error):
+    """The work would need more memory than this machine (or the configured budget) allows."""
+
+
+class ImageTooLargeError(ImageReadError, ResourceLimitError):
+    """An image whose declared size would not fit the decode budget; refused before decoding."""
+
+
+class OutputPathError(HRDv2Error):
+    """An output path that cannot be written (parent is a file, read-only folder, file/folder mix-up)."""

@@ -22,42 +22,9 @@ from hrdv2.errors import HRDv2Error, ModelFileError, ShapeError, WeightsUnavaila
 from hrdv2.io import atomic_path, write_npy, write_text_atomic
 
 from .jobs import Job
+from .raster import rasterise
 from .schemas import BackboneOption, FeatureSettings
 from .store import Store
-
-
-def rasterise(strokes: list[dict], shape: tuple[int, int], values: dict[int, int]) -> np.ndarray:
-    """Replay strokes in order onto a uint8 label map: a brush writes its class value, the eraser 0.
-
-    A pixel is covered when its centre lies within ``radius`` of the stroke's polyline, which is
-    what the browser's round-capped canvas line of width 2*radius shows.
-    """
-    h, w = shape
-    out = np.zeros((h, w), np.uint8)
-    for s in strokes:
-        if s["tool"] == "eraser":
-            value = 0
-        elif s["class_id"] in values:
-            value = values[s["class_id"]]
-        else:
-            continue
-        pts = np.asarray(s["points"], dtype=np.float64).reshape(-1, 2)
-        if len(pts) == 1:
-            pts = np.vstack([pts, pts])
-        r = max(float(s["radius"]), 0.5)
-        for (x0, y0), (x1, y1) in zip(pts[:-1], pts[1:]):
-            c0, c1 = int(max(np.floor(min(x0, x1) - r), 0)), int(min(np.ceil(max(x0, x1) + r) + 1, w))
-            r0, r1 = int(max(np.floor(min(y0, y1) - r), 0)), int(min(np.ceil(max(y0, y1) + r) + 1, h))
-            if c0 >= c1 or r0 >= r1:
-                continue
-            yy, xx = np.mgrid[r0:r1, c0:c1]
-            px, py = xx + 0.5 - x0, yy + 0.5 - y0
-            dx, dy = x1 - x0, y1 - y0
-            seg2 = dx * dx + dy * dy
-            t = np.clip((px * dx + py * dy) / seg2, 0.0, 1.0) if seg2 > 0 else 0.0
-            d2 = (px - t * dx) ** 2 + (py - t * dy) ** 2
-            out[r0:r1, c0:c1][d2 <= r * r] = value
-    return out
 
 
 def weights_status(name: str) -> BackboneOption:
@@ -104,6 +71,7 @@ class Engine:
         self._models: dict[int, tuple[int, Any]] = {}
         self._saving: dict[int, threading.Thread] = {}
         self._save_lock = threading.Lock()
+        self._predictions_lock = threading.Lock()
 
     # -- features ----------------------------------------------------------------------------
     @property
@@ -263,11 +231,25 @@ class Engine:
             proba[..., value - 1] = proba_model[..., col]
         labels = (np.asarray(values, np.uint8)[np.argmax(proba_model, axis=-1)]).astype(np.uint8)
         label_path, proba_path = self.prediction_paths(image)
-        with atomic_path(label_path) as tmp:  # fast PNG: this write sits between stroke and overlay
-            Image.fromarray(labels).save(tmp, format="PNG", compress_level=1)
-        write_npy(proba_path, proba.astype(np.float16))
-        self.store.set_prediction_version(image["id"], version)
+        with self._predictions_lock:  # a retired model's late result must not overwrite a newer one
+            if self.store.get_project(image["project_id"])["model_version"] != version:
+                return labels
+            with atomic_path(label_path) as tmp:  # fast PNG: this write sits between stroke and overlay
+                Image.fromarray(labels).save(tmp, format="PNG", compress_level=1)
+            write_npy(proba_path, proba.astype(np.float16))
+            self.store.set_prediction_version(image["id"], version)
         return labels
+
+    def delete_class(self, class_id: int) -> int:
+        """Delete a class with its strokes, retire the model and drop every stored prediction and
+        the phase-fraction CSV of its project (their class values and columns no longer match)."""
+        project_id = self.store.get_class(class_id)["project_id"]
+        with self._predictions_lock:
+            removed = self.store.delete_class(class_id)  # marks the predictions absent first
+            folder = self.store.project_path(project_id)
+            for path in [*(folder / "predictions").glob("*"), folder / "phase_fractions.csv"]:
+                path.unlink(missing_ok=True)
+        return removed
 
     def predict_job(self, job: Job, image_id: int) -> dict:
         image = self.store.get_image(image_id)
@@ -297,5 +279,9 @@ class Engine:
         writer.writerow(["file", "page"] + [c["name"] for c in classes])  # the columns `hrdv2 apply` writes
         for row in rows:
             writer.writerow(row[:2] + [f"{v:.6f}" for v in row[2:]])
-        write_text_atomic(self.store.project_path(project_id) / "phase_fractions.csv", buf.getvalue())
+        with self._predictions_lock:  # columns and values of a retired model must not be written
+            if self.store.get_project(project_id)["model_version"] != version:
+                raise HRDv2Error("the model changed while applying it (retrained, or a class was deleted); "
+                                 "press 'Apply to all' again.")
+            write_text_atomic(self.store.project_path(project_id) / "phase_fractions.csv", buf.getvalue())
         return {"n_images": len(rows), "model_version": version, "skipped": skipped}

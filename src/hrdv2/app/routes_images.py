@@ -16,7 +16,8 @@ from fastapi import APIRouter, File, HTTPException, Request, Response, UploadFil
 from hrdv2.errors import ImageReadError, ShapeError
 from hrdv2.io import IMAGE_SUFFIXES, read_stack, to_float01
 
-from .schemas import DataAdd, DataFiles, ImageOut, JobOut, StrokeIn, StrokeOut, UndoResult
+from .raster import MAX_STROKE_WORK, stroke_work
+from .schemas import DataAdd, DataFiles, IdPath, ImageOut, JobOut, StrokeIn, StrokeOut, UndoResult
 from .security import PathRefused, UploadRejected, display_name, safe_join, sniff_image_type
 from .server import AppState, state
 
@@ -60,12 +61,12 @@ def _add_pages(s: AppState, project_id: int, name: str, source: str, origin: str
 
 
 @router.get("/projects/{project_id}/images", response_model=list[ImageOut], tags=["images"])
-def list_images(project_id: int, request: Request) -> list[dict]:
+def list_images(project_id: IdPath, request: Request) -> list[dict]:
     return state(request).store.list_images(project_id)
 
 
 @router.post("/projects/{project_id}/images", response_model=list[ImageOut], status_code=201, tags=["images"])
-async def upload_image(project_id: int, request: Request, file: UploadFile = File(...)) -> list[dict]:
+async def upload_image(project_id: IdPath, request: Request, file: UploadFile = File(...)) -> list[dict]:
     """Upload PNG / JPEG / TIFF (multi-page stacks become one image per page). Type is checked by content."""
     s = state(request)
     s.store.get_project(project_id)
@@ -117,7 +118,7 @@ def data_files(request: Request) -> DataFiles:
 
 
 @router.post("/projects/{project_id}/images/from-data", response_model=list[ImageOut], status_code=201, tags=["images"])
-def add_from_data(project_id: int, body: DataAdd, request: Request) -> list[dict]:
+def add_from_data(project_id: IdPath, body: DataAdd, request: Request) -> list[dict]:
     """Add an image from the server's --data folder; the path must stay inside that folder."""
     s = state(request)
     s.store.get_project(project_id)
@@ -138,7 +139,7 @@ def add_from_data(project_id: int, body: DataAdd, request: Request) -> list[dict
 
 
 @router.get("/images/{image_id}", response_model=ImageOut, tags=["images"])
-def get_image(image_id: int, request: Request) -> dict:
+def get_image(image_id: IdPath, request: Request) -> dict:
     return state(request).store.get_image(image_id)
 
 
@@ -171,27 +172,27 @@ def _cached_picture(s: AppState, image: dict, kind: Literal["display", "thumb"])
 
 
 @router.get("/images/{image_id}/display.png", tags=["images"], response_class=Response)
-def display_png(image_id: int, request: Request) -> Response:
+def display_png(image_id: IdPath, request: Request) -> Response:
     s = state(request)
     return Response(_cached_picture(s, s.store.get_image(image_id), "display"), media_type="image/png", headers=IMMUTABLE)
 
 
 @router.get("/images/{image_id}/thumb.png", tags=["images"], response_class=Response)
-def thumb_png(image_id: int, request: Request) -> Response:
+def thumb_png(image_id: IdPath, request: Request) -> Response:
     s = state(request)
     return Response(_cached_picture(s, s.store.get_image(image_id), "thumb"), media_type="image/png", headers=IMMUTABLE)
 
 
 # -- strokes ---------------------------------------------------------------------------------
 @router.get("/images/{image_id}/strokes", response_model=list[StrokeOut], tags=["strokes"])
-def list_strokes(image_id: int, request: Request) -> list[dict]:
+def list_strokes(image_id: IdPath, request: Request) -> list[dict]:
     store = state(request).store
     store.get_image(image_id)
     return store.list_strokes(image_id)
 
 
 @router.post("/images/{image_id}/strokes", response_model=StrokeOut, status_code=201, tags=["strokes"])
-def add_stroke(image_id: int, stroke: StrokeIn, request: Request) -> dict:
+def add_stroke(image_id: IdPath, stroke: StrokeIn, request: Request) -> dict:
     """Save one stroke (committed before the answer, so nothing painted is lost)."""
     store = state(request).store
     image = store.get_image(image_id)
@@ -207,11 +208,15 @@ def add_stroke(image_id: int, stroke: StrokeIn, request: Request) -> dict:
     if (pts[:, 0].max() < -r or pts[:, 1].max() < -r or pts[:, 0].min() > image["width"] + r
             or pts[:, 1].min() > image["height"] + r):
         raise HTTPException(422, f"stroke lies outside the {image['width']}x{image['height']} image")
+    if stroke_work(stroke.points, r, (image["height"], image["width"])) > MAX_STROKE_WORK:
+        raise HTTPException(422, f"stroke of {len(stroke.points)} points with radius {r:g} is too costly to draw on "
+                                 f"the {image['width']}x{image['height']} image; split it into shorter strokes or "
+                                 "use a smaller brush")
     return store.add_stroke(image_id, stroke.tool, stroke.class_id, r, stroke.points)
 
 
 @router.post("/images/{image_id}/undo", response_model=UndoResult, tags=["strokes"])
-def undo(image_id: int, request: Request) -> UndoResult:
+def undo(image_id: IdPath, request: Request) -> UndoResult:
     store = state(request).store
     store.get_image(image_id)
     changed = store.undo(image_id)
@@ -219,7 +224,7 @@ def undo(image_id: int, request: Request) -> UndoResult:
 
 
 @router.post("/images/{image_id}/redo", response_model=UndoResult, tags=["strokes"])
-def redo(image_id: int, request: Request) -> UndoResult:
+def redo(image_id: IdPath, request: Request) -> UndoResult:
     store = state(request).store
     store.get_image(image_id)
     changed = store.redo(image_id)
@@ -227,7 +232,7 @@ def redo(image_id: int, request: Request) -> UndoResult:
 
 
 @router.get("/images/{image_id}/scribbles.png", tags=["strokes"], response_class=Response)
-def scribbles_png(image_id: int, request: Request) -> Response:
+def scribbles_png(image_id: IdPath, request: Request) -> Response:
     """The strokes as a label map (0 = unlabelled, class values 1..K), as the CLI's train reads them."""
     s = state(request)
     return Response(_png(s.engine.scribbles(s.store.get_image(image_id))), media_type="image/png")
@@ -235,7 +240,7 @@ def scribbles_png(image_id: int, request: Request) -> Response:
 
 # -- features and predictions ----------------------------------------------------------------
 @router.post("/images/{image_id}/features", response_model=JobOut, status_code=202, tags=["features"])
-def compute_features(image_id: int, request: Request) -> JobOut:
+def compute_features(image_id: IdPath, request: Request) -> JobOut:
     """Compute (or load from the cache) this image's features in the background, with progress."""
     s = state(request)
     image = s.store.get_image(image_id)
@@ -245,7 +250,7 @@ def compute_features(image_id: int, request: Request) -> JobOut:
 
 
 @router.post("/images/{image_id}/predict", response_model=JobOut, status_code=202, tags=["training"])
-def predict(image_id: int, request: Request) -> JobOut:
+def predict(image_id: IdPath, request: Request) -> JobOut:
     """Predict this image with the project's current model (no retraining)."""
     s = state(request)
     s.engine.model(s.store.get_image(image_id)["project_id"])
@@ -267,7 +272,7 @@ def _prediction(s: AppState, image_id: int) -> tuple[dict, Path, Path]:
 
 
 @router.get("/images/{image_id}/prediction", tags=["training"], response_class=Response)
-def prediction_raw(image_id: int, request: Request, view: Literal["labels", "uncertainty"] = "labels") -> Response:
+def prediction_raw(image_id: IdPath, request: Request, view: Literal["labels", "uncertainty"] = "labels") -> Response:
     """Raw uint8 pixels, row-major, gzip-encoded (the page colours them): class values, or
     uncertainty 255 * (1 - max probability). Size in X-Width / X-Height."""
     from hrdv2.io import read_labels
@@ -285,7 +290,7 @@ def prediction_raw(image_id: int, request: Request, view: Literal["labels", "unc
 
 
 @router.get("/images/{image_id}/labels.png", tags=["exports"], response_class=Response)
-def labels_png(image_id: int, request: Request) -> Response:
+def labels_png(image_id: IdPath, request: Request) -> Response:
     """The predicted label image (class values 1..K) as 8-bit PNG."""
     s = state(request)
     image, label_path, _ = _prediction(s, image_id)
@@ -295,7 +300,7 @@ def labels_png(image_id: int, request: Request) -> Response:
 
 
 @router.get("/images/{image_id}/probabilities.tif", tags=["exports"], response_class=Response)
-def probabilities_tif(image_id: int, request: Request) -> Response:
+def probabilities_tif(image_id: IdPath, request: Request) -> Response:
     """Class probabilities as float32 TIFF, shape (H, W, K); channel k is class value k+1."""
     import tifffile
 

@@ -13,6 +13,7 @@ from .schemas import (
     ClassOut,
     ClassPatch,
     FeatureOptions,
+    IdPath,
     JobOut,
     ProjectCreate,
     ProjectOut,
@@ -51,12 +52,12 @@ def create_project(body: ProjectCreate, request: Request) -> dict:
 
 
 @router.get("/projects/{project_id}", response_model=ProjectOut, tags=["projects"])
-def get_project(project_id: int, request: Request) -> dict:
+def get_project(project_id: IdPath, request: Request) -> dict:
     return state(request).store.get_project(project_id)
 
 
 @router.patch("/projects/{project_id}", response_model=ProjectOut, tags=["projects"])
-def patch_project(project_id: int, body: ProjectPatch, request: Request) -> dict:
+def patch_project(project_id: IdPath, body: ProjectPatch, request: Request) -> dict:
     """Rename, or change features / classifier / auto-train. Deep features need available weights."""
     s = state(request)
     if body.features is not None and body.features.kind != "classical":
@@ -71,12 +72,12 @@ def patch_project(project_id: int, body: ProjectPatch, request: Request) -> dict
 
 # -- classes ---------------------------------------------------------------------------------
 @router.get("/projects/{project_id}/classes", response_model=list[ClassOut], tags=["classes"])
-def list_classes(project_id: int, request: Request) -> list[dict]:
+def list_classes(project_id: IdPath, request: Request) -> list[dict]:
     return state(request).store.list_classes(project_id)
 
 
 @router.post("/projects/{project_id}/classes", response_model=ClassOut, status_code=201, tags=["classes"])
-def create_class(project_id: int, body: ClassCreate, request: Request) -> dict:
+def create_class(project_id: IdPath, body: ClassCreate, request: Request) -> dict:
     store = state(request).store
     if any(c["name"] == body.name.strip() for c in store.list_classes(project_id)):
         raise HTTPException(409, f"a class named {body.name!r} already exists in this project")
@@ -84,7 +85,7 @@ def create_class(project_id: int, body: ClassCreate, request: Request) -> dict:
 
 
 @router.patch("/classes/{class_id}", response_model=ClassOut, tags=["classes"])
-def patch_class(class_id: int, body: ClassPatch, request: Request) -> dict:
+def patch_class(class_id: IdPath, body: ClassPatch, request: Request) -> dict:
     store = state(request).store
     cls = store.get_class(class_id)
     if body.name is not None and any(
@@ -95,18 +96,16 @@ def patch_class(class_id: int, body: ClassPatch, request: Request) -> dict:
 
 
 @router.delete("/classes/{class_id}", tags=["classes"])
-def delete_class(class_id: int, request: Request) -> dict:
-    """Delete a class and its strokes. Class values above it shift down, so the model is dropped."""
-    s = state(request)
-    project_id = s.store.get_class(class_id)["project_id"]
-    removed = s.store.delete_class(class_id)
-    s.store.bump_model_version(project_id, has_model=False)  # the old model's class values no longer match
+def delete_class(class_id: IdPath, request: Request) -> dict:
+    """Delete a class and its strokes. Class values above it shift down, so the model, every
+    stored prediction and the phase-fraction CSV of the project are dropped."""
+    removed = state(request).engine.delete_class(class_id)  # also retires the model and its predictions
     return {"deleted": class_id, "strokes_removed": removed}
 
 
 # -- training, prediction, apply -------------------------------------------------------------
 @router.post("/projects/{project_id}/train", response_model=JobOut, status_code=202, tags=["training"])
-def train(project_id: int, body: TrainRequest, request: Request) -> JobOut:
+def train(project_id: IdPath, body: TrainRequest, request: Request) -> JobOut:
     """Start training on every image with strokes (features from the cache), then predict ``image_id``."""
     s = state(request)
     s.store.get_project(project_id)
@@ -117,7 +116,7 @@ def train(project_id: int, body: TrainRequest, request: Request) -> JobOut:
 
 
 @router.post("/projects/{project_id}/apply", response_model=JobOut, status_code=202, tags=["training"])
-def apply_all(project_id: int, request: Request) -> JobOut:
+def apply_all(project_id: IdPath, request: Request) -> JobOut:
     """Apply the current model to every image (and page) of the project, as a cancellable job."""
     s = state(request)
     s.engine.model(project_id)  # refuse now (422) rather than fail in the job when there is no model
@@ -126,7 +125,7 @@ def apply_all(project_id: int, request: Request) -> JobOut:
 
 
 @router.get("/projects/{project_id}/model.skops", tags=["exports"], response_class=FileResponse)
-def download_model(project_id: int, request: Request) -> FileResponse:
+def download_model(project_id: IdPath, request: Request) -> FileResponse:
     """The trained model as a skops file, usable with ``hrdv2 apply --model``."""
     s = state(request)
     s.engine.model(project_id)
@@ -137,7 +136,7 @@ def download_model(project_id: int, request: Request) -> FileResponse:
 
 
 @router.get("/projects/{project_id}/phase_fractions.csv", tags=["exports"], response_class=FileResponse)
-def download_fractions(project_id: int, request: Request) -> FileResponse:
+def download_fractions(project_id: IdPath, request: Request) -> FileResponse:
     s = state(request)
     path = s.store.project_path(project_id) / "phase_fractions.csv"
     s.store.get_project(project_id)
@@ -147,7 +146,7 @@ def download_fractions(project_id: int, request: Request) -> FileResponse:
 
 
 @router.get("/projects/{project_id}/results.zip", tags=["exports"])
-def download_results(project_id: int, request: Request) -> Response:
+def download_results(project_id: IdPath, request: Request) -> Response:
     """Label images of every image with a current prediction, the CSV and the model, in one zip."""
     s = state(request)
     project = s.store.get_project(project_id)

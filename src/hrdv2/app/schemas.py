@@ -7,13 +7,22 @@ runs (a malformed stroke is a 422, never a crash) and the OpenAPI schema documen
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Annotated, Literal
 
+from fastapi import Path
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 HEX_COLOUR = r"^#[0-9a-fA-F]{6}$"
 MAX_STROKE_POINTS = 20_000
 MAX_BRUSH_RADIUS = 512.0
+MAX_CLASSES = 255  # scribbles and label images are 8-bit: values 1..255
+MAX_ID = 2**63 - 1  # SQLite's INTEGER range: a larger id names no row (and overflows the driver)
+
+# every database id a client sends, in a path or a body, is bounded: out of range is a 422, never a 500
+Id = Annotated[int, Field(ge=1, le=MAX_ID)]
+IdPath = Annotated[int, Path(ge=1, le=MAX_ID)]
+JOB_ID = r"^[0-9a-f]{12}$"  # uuid4 hex prefix, as jobs.Job makes them
+JobIdPath = Annotated[str, Path(pattern=JOB_ID)]
 
 FeatureKind = Literal["classical", "deep", "hybrid"]
 ClassifierName = Literal["logistic", "random_forest", "gradient_boosting"]
@@ -124,7 +133,7 @@ class StrokeIn(_Strict):
     """One brush or eraser stroke in image pixel coordinates (x right, y down)."""
 
     tool: Literal["brush", "eraser"]
-    class_id: int | None = None
+    class_id: Id | None = None
     radius: float = Field(gt=0, le=MAX_BRUSH_RADIUS)
     points: list[tuple[float, float]] = Field(min_length=1, max_length=MAX_STROKE_POINTS)
 
@@ -154,7 +163,7 @@ class UndoResult(BaseModel):
 
 
 class TrainRequest(_Strict):
-    image_id: int | None = Field(default=None, description="image to predict after training (the one on screen)")
+    image_id: Id | None = Field(default=None, description="image to predict after training (the one on screen)")
 
 
 class JobOut(BaseModel):

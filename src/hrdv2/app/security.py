@@ -10,7 +10,9 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
+import socket
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
 
@@ -29,6 +31,44 @@ _MAGIC: list[tuple[bytes, str, str]] = [
 ]
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._ -]+")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding ``host`` listens on this machine only, with the address the OS would bind:
+    every loopback spelling counts (127.0.0.0/8 in any form inet_aton takes, such as 127.1 or
+    0x7f.1; ::1, also bracketed; ::ffff:127.0.0.1; localhost), so the Host check stays on."""
+    name = host.strip().lower()
+    if name.startswith("[") and name.endswith("]"):
+        name = name[1:-1]
+    if name.rstrip(".") == "localhost":
+        return True
+    if not name:
+        return False  # "" binds every interface
+    try:  # numeric forms exactly as the OS reads them, names as the bind would resolve them
+        infos = socket.getaddrinfo(name, None, type=socket.SOCK_STREAM)
+    except (OSError, UnicodeError):
+        return False
+    addresses = {info[4][0] for info in infos}
+    return bool(addresses) and all(_loopback_address(a) for a in addresses)
+
+
+def _loopback_address(address: str) -> bool:
+    try:
+        ip = ipaddress.ip_address(address.split("%", 1)[0])
+    except ValueError:
+        return False
+    mapped = getattr(ip, "ipv4_mapped", None)
+    return ip.is_loopback or (mapped is not None and mapped.is_loopback)
+
+
+def loopback_host_names(host: str) -> list[str]:
+    """The Host header names accepted when bound to loopback ``host``: the usual ones and the
+    spelling given on the command line (a client may send ``127.1`` as typed)."""
+    names = [*LOOPBACK_HOSTS]
+    spelled = host.strip().lower()
+    if spelled and spelled not in names:
+        names.append(spelled)
+    return names
 
 
 class UploadRejected(Exception):
@@ -113,42 +153,46 @@ class RequestGuard:
                 await response(scope, receive, send)
                 return
         if self.max_body is not None:
-            too_big = JSONResponse(
-                {"detail": f"request body larger than the limit of {self.max_body:,} bytes"}, status_code=413
-            )
-            length = request.headers.get("content-length")
-            if length is not None and length.isdigit() and int(length) > self.max_body:
-                await too_big(scope, receive, send)
-                return
-            receive = self._counting(receive)
-            started = False
-
-            async def send_tracking(message: dict) -> None:
-                nonlocal started
-                started = started or message["type"] == "http.response.start"
-                await send(message)
-
-            try:
-                await self.app(scope, receive, send_tracking)
-            except UploadRejected:
-                if started:
-                    raise
-                await too_big(scope, receive, send)
+            await self._limited(scope, receive, send, request.headers.get("content-length"))
             return
         await self.app(scope, receive, send)
 
-    def _counting(self, receive: Receive) -> Receive:
-        """Wrap ``receive`` so a body without Content-Length still cannot exceed the limit."""
+    async def _limited(self, scope: Scope, receive: Receive, send: Send, length: str | None) -> None:
+        """Run the app with the body capped: 413 whether the size is declared (Content-Length) or
+        only found while a chunked body streams in. In the second case the app may already have
+        turned the aborted read into its own error (a 400 from the form parser); that answer is
+        replaced by the 413."""
+        too_big = JSONResponse({"detail": f"request body larger than the limit of {self.max_body:,} bytes"},
+                               status_code=413)
+        if length is not None and length.isdigit() and int(length) > self.max_body:
+            await too_big(scope, receive, send)
+            return
         seen = 0
-        limit = self.max_body
+        exceeded = replied = False
 
-        async def wrapped() -> dict:
-            nonlocal seen
+        async def counting() -> dict:
+            nonlocal seen, exceeded
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
-                if limit is not None and seen > limit:
+                if seen > self.max_body:
+                    exceeded = True
                     raise UploadRejected(413, "request body too large")
             return message
 
-        return wrapped
+        async def guarded_send(message: dict) -> None:
+            nonlocal replied
+            if not exceeded:
+                replied = replied or message["type"] == "http.response.start"
+                await send(message)
+            elif not replied:  # the app's own answer to the aborted read is dropped
+                replied = True
+                await too_big(scope, receive, send)
+
+        try:
+            await self.app(scope, counting, guarded_send)
+        except UploadRejected:
+            if not exceeded:
+                raise
+        if exceeded and not replied:
+            await too_big(scope, receive, send)

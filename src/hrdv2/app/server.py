@@ -24,7 +24,7 @@ from hrdv2.errors import HRDv2Error
 
 from .engine import Engine
 from .jobs import JobManager
-from .schemas import Health, JobOut, ServerInfo
+from .schemas import Health, JobIdPath, JobOut, ServerInfo
 from .store import NotFound, Store
 
 STATIC = Path(__file__).parent / "static"
@@ -111,18 +111,18 @@ def create_app(
                           max_upload_bytes=s.max_upload_bytes, max_pixels=s.max_pixels)
 
     @app.get("/api/jobs/{job_id}", response_model=JobOut, tags=["jobs"])
-    def get_job(job_id: str, request: Request) -> JobOut:
+    def get_job(job_id: JobIdPath, request: Request) -> JobOut:
         return _job(request, job_id).out()
 
     @app.post("/api/jobs/{job_id}/cancel", response_model=JobOut, tags=["jobs"])
-    def cancel_job(job_id: str, request: Request) -> JobOut:
+    def cancel_job(job_id: JobIdPath, request: Request) -> JobOut:
         job = _job(request, job_id)
         job.cancel()
         return job.out()
 
     @app.get("/api/jobs/{job_id}/events", tags=["jobs"], response_class=StreamingResponse,
              responses={200: {"content": {"text/event-stream": {}}}})
-    async def job_events(job_id: str, request: Request) -> StreamingResponse:
+    async def job_events(job_id: JobIdPath, request: Request) -> StreamingResponse:
         """Server-sent events: one ``data: <JobOut JSON>`` per change, ending when the job ends."""
         job = _job(request, job_id)
 

@@ -26,9 +26,10 @@ from typing import Any
 
 import numpy as np
 
+from hrdv2.errors import HRDv2Error
 from hrdv2.io import write_npy
 
-from .schemas import FeatureSettings
+from .schemas import MAX_CLASSES, FeatureSettings
 
 SCHEMA_VERSION = 1
 DEFAULT_COLOURS = ["#e6194b", "#3cb44b", "#4363d8", "#ffe119", "#f58231", "#911eb4", "#42d4f4", "#f032e6"]
@@ -60,6 +61,10 @@ CREATE INDEX IF NOT EXISTS images_project ON images(project_id);
 
 class NotFound(LookupError):
     """An id that names no project / image / class in this store (answered with 404)."""
+
+
+class TooManyClasses(HRDv2Error):
+    """A class beyond the 255 that fit the 8-bit label images (answered with 422)."""
 
 
 def array_sha(arr: np.ndarray) -> str:
@@ -216,8 +221,14 @@ class Store:
                 self._pixels.popitem(last=False)
         return arr
 
-    def set_prediction_version(self, image_id: int, version: int) -> None:
-        self._write("UPDATE images SET prediction_version=? WHERE id=?", (version, image_id))
+    def set_prediction_version(self, image_id: int, version: int) -> bool:
+        """Record that the stored prediction is of model ``version``; refused (False) when that
+        model is no longer the project's current one (retrained, or retired by a class deletion)."""
+        return self._write(
+            "UPDATE images SET prediction_version=? WHERE id=? AND "
+            "?=(SELECT model_version FROM projects WHERE projects.id=images.project_id)",
+            (version, image_id, version),
+        ) > 0
 
     # -- classes -----------------------------------------------------------------------------
     def list_classes(self, project_id: int) -> list[dict[str, Any]]:
@@ -235,9 +246,18 @@ class Store:
         return next(c for c in self.list_classes(row["project_id"]) if c["id"] == class_id)
 
     def add_class(self, project_id: int, name: str, color: str) -> dict[str, Any]:
-        self.get_project(project_id)
-        pos = self._one("SELECT COALESCE(MAX(position), 0) + 1 FROM classes WHERE project_id=?", (project_id,))[0]
-        cid = self._write("INSERT INTO classes(project_id, name, color, position) VALUES (?,?,?,?)", (project_id, name, color, pos))
+        """Append a class; refuses the 256th (class values must fit the 8-bit label images)."""
+        with self._lock:  # count and insert as one step, so parallel requests cannot pass the cap
+            self.get_project(project_id)
+            n, pos = self._one("SELECT COUNT(*), COALESCE(MAX(position), 0) + 1 FROM classes WHERE project_id=?",
+                               (project_id,))
+            if n >= MAX_CLASSES:
+                raise TooManyClasses(
+                    f"project {project_id} already has {n} classes, the most an 8-bit label image can hold "
+                    f"(values 1..{MAX_CLASSES}); delete a class before adding another."
+                )
+            cid = self._write("INSERT INTO classes(project_id, name, color, position) VALUES (?,?,?,?)",
+                              (project_id, name, color, pos))
         return self.get_class(cid)
 
     def update_class(self, class_id: int, name: str | None, color: str | None) -> dict[str, Any]:
@@ -249,12 +269,19 @@ class Store:
         return self.get_class(class_id)
 
     def delete_class(self, class_id: int) -> int:
-        """Delete a class and every stroke painted with it; returns the number of strokes removed."""
-        self.get_class(class_id)
+        """Delete a class and every stroke painted with it; returns the number of strokes removed.
+
+        Class values above it shift down, so in the same transaction the model is retired
+        (``model_version`` + 1, no model) and every stored prediction of the project is marked
+        absent: a label image with the old values must never be served again.
+        """
+        project_id = self.get_class(class_id)["project_id"]
         with self._lock:
             with self._db:
                 n = self._db.execute("DELETE FROM strokes WHERE class_id=?", (class_id,)).rowcount
                 self._db.execute("DELETE FROM classes WHERE id=?", (class_id,))
+                self._db.execute("UPDATE images SET prediction_version=0 WHERE project_id=?", (project_id,))
+                self._db.execute("UPDATE projects SET model_version=model_version+1, has_model=0 WHERE id=?", (project_id,))
         return n
 
     # -- strokes -----------------------------------------------------------------------------

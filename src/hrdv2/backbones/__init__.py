@@ -9,10 +9,11 @@ import torch
 from hrdv2.backbones.registry import REGISTRY, BackboneSpec, list_backbones, resolve
 from hrdv2.backbones.vit import IMAGENET_MEAN, IMAGENET_STD, Backbone
 from hrdv2.backbones.weights import RANDOM, download_checkpoint, how_to_supply, load_into, read_checkpoint
+from hrdv2.device import resolve_device
 from hrdv2.errors import ConfigError, WeightsUnavailableError
 
 __all__ = ["Backbone", "BackboneSpec", "IMAGENET_MEAN", "IMAGENET_STD", "build_architecture", "list_backbones",
-           "load_backbone", "REGISTRY"]
+           "load_backbone", "REGISTRY", "resolve_device"]
 
 
 def build_architecture(spec: BackboneSpec) -> torch.nn.Module:
@@ -36,9 +37,11 @@ def load_backbone(
     local file (official .pth, timm .pth/.safetensors layouts); "random" -> the real
     architecture, randomly initialised (seeded), for tests and benchmarks: results are UNTRAINED.
     ``dtype`` is the storage dtype of the weights (compute dtype is chosen per call).
+    ``device``: "cpu", "cuda", "cuda:N", "mps" or "auto" (``hrdv2.device.resolve_device``),
+    checked against this machine before any weights are read or downloaded.
     """
+    device = resolve_device(device)
     spec = resolve(name)
-    device = torch.device(device)
     if weights is not None and str(weights) == RANDOM:
         torch.manual_seed(0)
         model = build_architecture(spec)

@@ -24,17 +24,30 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 @dataclass(eq=False)
 class Backbone:
-    """A frozen ViT. ``forward_patches`` is the only entry point the upsamplers need."""
+    """A frozen ViT. ``forward_patches`` is the only entry point the upsamplers need.
+
+    ``device`` is where the weights live; the upsamplers create every tensor there and return
+    float32 results to the CPU at the end."""
 
     name: str
     model: torch.nn.Module
     pretrained: bool
     weights_source: str
-    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    device: torch.device | str | None = None  # None: wherever the weights are
     _compute_copies: dict = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         self.model.eval().requires_grad_(False)
+        # the weights decide where computation runs; a stated device that disagrees is a bug
+        # in the caller, and would make every upsampler mix devices
+        weights_device = next(self.model.parameters()).device
+        stated = weights_device if self.device is None else torch.device(self.device)
+        if stated.type != weights_device.type or stated.index not in (None, weights_device.index):
+            raise ConfigError(
+                f"{self.name}: the model's weights are on {weights_device} but device={stated}; "
+                f"move the model first, or use load_backbone(..., device={str(stated)!r})"
+            )
+        self.device = weights_device
         if not getattr(self.model, "dynamic_img_size", False):
             raise ConfigError(f"{self.name}: the model must be built with dynamic_img_size=True")
 

@@ -16,7 +16,8 @@ import click
 import numpy as np
 
 from hrdv2.errors import ConfigError, WeightsUnavailableError
-from hrdv2.io import expand_inputs, read_image, write_image, write_npy
+from hrdv2.cli.boundary import FileRun, check_outputs
+from hrdv2.io import expand_inputs, read_stack, require_memory, write_image, write_npy
 
 SAMPLE_NAME = "skimage_immunohistochemistry"
 
@@ -34,24 +35,24 @@ def parse_int_list(text: str, what: str) -> tuple[int, ...]:
     return values
 
 
-def build_transforms(shift_list: tuple[int, ...], pattern: str, use_flips: bool, use_rotations: bool):
-    from hrdv2.transforms import Identity, flips, product, rotations, shifts
-
-    sets = [shifts(shift_list, pattern) if shift_list else [Identity()]]
-    if use_flips:
-        sets.append(flips())
-    if use_rotations:
-        sets.append(rotations())
-    return product(*sets)
-
-
-def load_inputs(images: tuple[str, ...]) -> list[tuple[str, np.ndarray]]:
+def iter_inputs(images: tuple[str, ...]) -> list[tuple[str, Path | None]]:
+    """(name, path) of every input file; no IMAGES: the bundled sample (path None)."""
     if not images:
+        return [(SAMPLE_NAME, None)]
+    return [(p.stem, p) for p in expand_inputs(list(images))]
+
+
+def load_pages(name: str, path: Path | None) -> list[tuple[str, np.ndarray]]:
+    """(name, image) per page: every page of a stack is featurised (NAME_p000, NAME_p001, ...)."""
+    if path is None:
         from skimage import data
 
         click.echo(f"no image given: using scikit-image's sample '{SAMPLE_NAME}' (512x512 RGB micrograph)")
         return [(SAMPLE_NAME, data.immunohistochemistry())]
-    return [(p.stem, read_image(p)) for p in expand_inputs(list(images))]
+    pages = read_stack(path)
+    if len(pages) == 1:
+        return [(name, pages[0])]
+    return [(f"{name}_p{i:03d}", page) for i, page in enumerate(pages)]
 
 
 def write_features(path: Path, array: np.ndarray, fmt: str) -> Path:
@@ -76,10 +77,13 @@ def write_features(path: Path, array: np.ndarray, fmt: str) -> Path:
 
 def _classical_fallback(name: str, image: np.ndarray, out: Path, pca_png: bool) -> None:
     from hrdv2.features.pca import pca_rgb
-    from hrdv2.features.sets import FeatureConfig, compute_features
+    from hrdv2.engine import FeatureEngine
+    from hrdv2.features.sets import FeatureConfig, estimate_feature_bytes
 
+    config = FeatureConfig(kind="classical")
+    require_memory(estimate_feature_bytes(config, image.shape), f"featurising {name}")
     t0 = time.perf_counter()
-    feats = compute_features(image, FeatureConfig(kind="classical"))  # (H, W, F)
+    feats = FeatureEngine(config).compute(image)  # (H, W, F)
     secs = time.perf_counter() - t0
     if pca_png:
         write_image(out / f"{name}_classical_pca.png", pca_rgb(np.moveaxis(feats, -1, 0)))
@@ -111,47 +115,64 @@ def _classical_fallback(name: str, image: np.ndarray, out: Path, pca_png: bool) 
               help="Without weights, fall back to classical features instead of failing.")
 def features(images, backbone, weights, stride, shift_text, pattern, flips, rotations, dtype, batch_size, device,
              out_dir, fmt, pca_png, attention_png, fallback) -> None:
-    """Featurise IMAGES (files or folders) with HR-Dv2; no IMAGES: a bundled sample micrograph."""
-    from hrdv2.backbones import load_backbone
+    """Featurise IMAGES (files, folders, multi-page stacks) with HR-Dv2; no IMAGES: a bundled sample micrograph.
+
+    A file that cannot be read or featurised is reported and skipped; the others are still
+    written and the command exits 1 at the end."""
+    from hrdv2.engine import FeatureEngine
+    from hrdv2.features.sets import FeatureConfig
 
     out = Path(out_dir)
-    inputs = load_inputs(images)
-    shift_list = parse_int_list(shift_text, "shifts")
+    check_outputs(folders=(out,))
+    inputs = iter_inputs(images)
+    config = FeatureConfig(kind="deep", backbone=backbone, weights=weights, stride=stride,
+                           shifts=parse_int_list(shift_text, "shifts"), pattern=pattern, flips=flips,
+                           rotations=rotations, device=device, batch_size=batch_size)
+    engine = FeatureEngine(config)
+    run = FileRun()
     try:
-        bb = load_backbone(backbone, weights=weights, device=device)
+        bb = engine.backbone
     except WeightsUnavailableError as exc:
         if not fallback or weights is not None:
             raise
         click.secho(f"warning: {exc}", fg="yellow", err=True)
         click.secho("falling back to classical features (no weights needed); no attention map without a ViT.",
                     fg="yellow", err=True)
-        for name, image in inputs:
-            _classical_fallback(name, image, out, pca_png)
+        for name, path in inputs:
+            with run.step(path or name):
+                for page_name, image in load_pages(name, path):
+                    _classical_fallback(page_name, image, out, pca_png)
+        run.finish(len(inputs))
         return
-    from hrdv2.features.pca import heatmap_rgb, pca_rgb
-    from hrdv2.upsample import HighResFeaturizer
-
-    tfs = build_transforms(shift_list, pattern, flips, rotations)
-    fz = HighResFeaturizer(bb, stride=stride, transforms=tfs, batch_size=batch_size, dtype=dtype,
-                           progress=True)
+    fz = engine.featurizer(attention=True, dtype=dtype, progress=True)
     if not bb.pretrained:
         click.secho(f"note: {bb.describe()}: features are NOT meaningful, only the mechanics are.", fg="yellow", err=True)
-    for name, image in inputs:
-        res = fz(image)
-        feats = res.features.numpy()
-        written = []
-        if fmt != "none":
-            written.append(write_features(out / f"{name}_features", feats, fmt))
-        if pca_png:
-            written.append(write_image(out / f"{name}_pca.png", pca_rgb(feats)))
-        if attention_png and res.attention is not None:
-            written.append(write_image(out / f"{name}_attention.png", heatmap_rgb(res.mean_attention())))
-        i = res.info
-        click.echo(
-            f"{name}: {image.shape[1]}x{image.shape[0]} | {i['backbone']} | stride {i['stride']} grid "
-            f"{i['grid'][1]}x{i['grid'][0]} | {i['transforms']} transforms | {i['dtype']} | {i['seconds']:.2f} s "
-            f"(ViT {i['vit_seconds']:.2f} s) | peak RSS {peak_rss_gb():.2f} GB | features {tuple(feats.shape)} -> {out}"
-        )
+    for name, path in inputs:
+        with run.step(path or name):
+            for page_name, image in load_pages(name, path):
+                _featurise_one(fz, page_name, image, out, fmt, pca_png, attention_png)
+    run.finish(len(inputs))
+
+
+def _featurise_one(fz, name: str, image: np.ndarray, out: Path, fmt: str, pca_png: bool, attention_png: bool) -> None:
+    from hrdv2.features.pca import heatmap_rgb, pca_rgb
+
+    h, w = image.shape[:2]
+    require_memory(8 * h * w * fz.backbone.embed_dim, f"featurising {name} ({w}x{h})")
+    res = fz(image)
+    feats = res.features.numpy()
+    if fmt != "none":
+        write_features(out / f"{name}_features", feats, fmt)
+    if pca_png:
+        write_image(out / f"{name}_pca.png", pca_rgb(feats))
+    if attention_png and res.attention is not None:
+        write_image(out / f"{name}_attention.png", heatmap_rgb(res.mean_attention()))
+    i = res.info
+    click.echo(
+        f"{name}: {w}x{h} | {i['backbone']} | stride {i['stride']} grid "
+        f"{i['grid'][1]}x{i['grid'][0]} | {i['transforms']} transforms | {i['dtype']} | {i['seconds']:.2f} s "
+        f"(ViT {i['vit_seconds']:.2f} s) | peak RSS {peak_rss_gb():.2f} GB | features {tuple(feats.shape)} -> {out}"
+    )
 
 
 @click.command()

@@ -4,11 +4,10 @@ is fast and one workflow's optional dependency never breaks another's command.""
 from __future__ import annotations
 
 import importlib
-import sys
 
 import click
 
-from hrdv2.errors import HRDv2Error
+from hrdv2.cli.boundary import fail
 
 # command name -> "module:attribute" (a click.Command or click.Group)
 COMMANDS: dict[str, str] = {
@@ -49,9 +48,10 @@ class LazyGroup(click.Group):
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
-        except HRDv2Error as exc:  # user error: message, no traceback
-            click.secho(f"error: {exc}", fg="red", err=True)
-            sys.exit(2)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException, SystemExit):
+            raise
+        except Exception as exc:  # the one boundary where errors become one line
+            fail(exc)
 
 
 @click.group(cls=LazyGroup, lazy=COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import csv
 import io
-import sys
 from pathlib import Path
 
 import click
 import numpy as np
 from tqdm import tqdm
 
+from hrdv2.cli.boundary import FileRun, check_outputs
 from hrdv2.errors import HRDv2Error, ShapeError
 
 
@@ -76,55 +76,70 @@ def _floats(text: str) -> tuple[float, ...]:
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Model file to write (.skops).")
 def train(images, scribbles, kind, classifier, sigmas, filters, normalise, backbone, weights, stride, flips,
           pca_components, crf, max_samples, class_names, cache_dir, device, out) -> None:
-    """Train a segmenter on image + scribble pairs."""
-    from hrdv2.features.sets import FeatureConfig
-    from hrdv2.io import read_image, read_labels
+    """Train a segmenter on image + scribble pairs (multi-page TIFF stacks with label stacks too:
+    pages without labels are skipped)."""
+    from hrdv2.features.sets import FeatureConfig, estimate_feature_bytes
+    from hrdv2.io import require_memory
     from hrdv2.segmentation import Segmenter
 
     if len(images) != len(scribbles):
         raise click.UsageError(f"give one --scribble per --image ({len(images)} images, {len(scribbles)} scribbles).")
+    check_outputs(files=(out,))
     config = FeatureConfig(kind=kind, sigmas=_floats(sigmas), filters=filters, normalise=normalise, backbone=backbone,
                            weights=weights, stride=stride, flips=flips, pca_components=pca_components, device=device)
     names = [n.strip() for n in class_names.split(",")] if class_names else None
     seg = Segmenter(config, classifier=classifier, crf=crf, max_samples=max_samples, class_names=names,
                     cache_dir=cache_dir)
-    imgs, scrs = [], []
-    for ip, sp in zip(images, scribbles):
-        im = read_image(ip)
-        imgs.append(im)
-        scrs.append(read_labels(sp, im.shape[:2]))
+    imgs, scrs, pair_names = read_training_pairs(images, scribbles)
+    for im, name in zip(imgs, pair_names):
+        require_memory(estimate_feature_bytes(seg.compute_config, im.shape), f"featurising {name}")
     feats = []
-    for ip, im in tqdm(list(zip(images, imgs)), desc="featurising", unit="img", disable=None):
-        with _Progress(f"features {ip.name}") as cb:
+    for name, im in tqdm(list(zip(pair_names, imgs)), desc="featurising", unit="img", disable=None):
+        with _Progress(f"features {name}") as cb:
             feats.append(seg.featurise(im, progress=cb))
-    seg.fit(imgs, scrs, feats, names=[str(s) for s in scribbles])
+    seg.fit(imgs, scrs, feats, names=pair_names)
     seg.save(out)
-    click.echo(f"trained {seg!r} on {seg.n_train_pixels_} pixels of {len(imgs)} image(s); "
+    click.echo(f"trained {seg!r} on {seg.n_train_pixels_} pixels of {len(imgs)} image(s)/page(s); "
                f"classes {dict(zip(seg.classes_.tolist(), seg.class_names))}; wrote {out}")
 
 
-def _read_pages(path: Path) -> list[np.ndarray]:
-    """All pages of ``path``; a TIFF whose pages differ in size is refused (tifffile would split it
-    into several series and ``read_stack`` would silently keep only the first)."""
-    from hrdv2.io import TIFF_SUFFIXES, read_stack
+def read_training_pairs(images: tuple[Path, ...], scribbles: tuple[Path, ...]
+                        ) -> tuple[list[np.ndarray], list[np.ndarray], list[str]]:
+    """Image pages and their label pages. A stack needs a label stack with as many pages; stack pages
+    without any label are skipped (a single image with an empty scribble is an error, in ``fit``)."""
+    from hrdv2.io import read_label_stack, read_stack
 
-    if path.suffix.lower() in TIFF_SUFFIXES and path.is_file():
-        import tifffile
-
-        try:
-            with tifffile.TiffFile(path) as tif:
-                shapes = [tuple(p.shape[:2]) for p in tif.pages]
-        except Exception:  # unreadable: let read_stack report it
-            shapes = []
-        for i, sh in enumerate(shapes):
-            if sh != shapes[0]:
-                raise ShapeError(f"{path}: page {i} is {sh} but page 0 is {shapes[0]}; all pages of a stack must "
-                                 "share a size (split the stack or crop the pages).")
-    return read_stack(path)
+    imgs, scrs, names = [], [], []
+    for ip, sp in zip(images, scribbles):
+        pages = read_stack(ip)
+        labels = read_label_stack(sp)
+        if len(labels) != len(pages):
+            raise ShapeError(f"{sp}: {len(labels)} label page(s) but its image {ip} has {len(pages)} page(s); "
+                             "give one label page per image page (blank pages for unlabelled ones).")
+        for i, (page, lab) in enumerate(zip(pages, labels)):
+            name = f"{sp} page {i}" if len(pages) > 1 else str(sp)
+            if lab.shape != page.shape[:2]:
+                raise ShapeError(f"{name}: label map is {lab.shape[1]}x{lab.shape[0]} (WxH) but its image is "
+                                 f"{page.shape[1]}x{page.shape[0]}; they must be the same size.")
+            if len(pages) > 1 and not lab.any():
+                continue
+            imgs.append(page)
+            scrs.append(lab)
+            names.append(name)
+    if not imgs:
+        raise HRDv2Error(f"no labelled pixels in {', '.join(map(str, scribbles))}: paint at least one stroke per class.")
+    return imgs, scrs, names
 
 
 def _out_name(path: Path, multi: bool, ext: str) -> str:
     return f"{path.stem}_labels{'.tif' if multi else ext}"
+
+
+def _predict_bytes(seg, shape: tuple[int, ...]) -> int:
+    """Features plus float32 probabilities (and the CRF's copy) of one page."""
+    from hrdv2.features.sets import estimate_feature_bytes
+
+    return estimate_feature_bytes(seg.compute_config, shape) + 8 * int(shape[0]) * int(shape[1]) * len(seg.classes_)
 
 
 @click.command(name="apply")
@@ -136,10 +151,14 @@ def _out_name(path: Path, multi: bool, ext: str) -> str:
 @click.option("--proba/--no-proba", default=False, help="Also write float32 probability maps (STEM_proba.tif).")
 @click.option("--crf/--no-crf", default=None, help="Override the model's CRF setting.")
 def apply(model, inputs, out_dir, fmt, proba, crf) -> None:
-    """Segment files, folders and multi-page TIFF stacks with a trained MODEL."""
-    from hrdv2.io import expand_inputs, write_image, write_text_atomic
+    """Segment files, folders and multi-page TIFF stacks with a trained MODEL.
+
+    A file that cannot be read or segmented is reported and skipped; the others are still
+    written, with their phase fractions, and the command exits 1 at the end."""
+    from hrdv2.io import expand_inputs, read_stack, require_memory, write_image, write_text_atomic
     from hrdv2.segmentation import Segmenter
 
+    check_outputs(folders=(out_dir,))
     seg = Segmenter.load(model)
     if crf is not None:
         seg.crf = crf
@@ -147,28 +166,26 @@ def apply(model, inputs, out_dir, fmt, proba, crf) -> None:
     if not files:
         raise HRDv2Error(f"no images found in {', '.join(map(str, inputs))}.")
     rows: list[list] = []
-    failed: list[str] = []
+    run = FileRun()
     for path in tqdm(files, desc="applying", unit="file", disable=None):
-        try:
-            pages = _read_pages(path)
+        with run.step(path):
+            pages = read_stack(path)
+            require_memory(_predict_bytes(seg, pages[0].shape), f"segmenting {path}")
             labels, probs = [], []
             for page in tqdm(pages, desc=path.name, unit="page", leave=False, disable=len(pages) < 2):
                 with _Progress(f"features {path.name}") as cb:
                     p = seg.predict_proba(page, progress=cb)
-                lab = seg.classes_.astype(np.uint8)[np.argmax(p, axis=-1)]
-                labels.append(lab)
+                labels.append(seg.classes_.astype(np.uint8)[np.argmax(p, axis=-1)])
                 if proba:
                     probs.append(p)
             multi = len(pages) > 1
-            write_image(out_dir / _out_name(path, multi, "." + fmt), np.stack(labels) if multi else labels[0])
+            write_image(out_dir / _out_name(path, multi, "." + fmt), np.stack(labels) if multi else labels[0],
+                        pages=multi)
             if proba:
-                write_image(out_dir / f"{path.stem}_proba.tif", np.stack(probs) if multi else probs[0])
+                write_image(out_dir / f"{path.stem}_proba.tif", np.stack(probs) if multi else probs[0], pages=multi)
             for i, lab in enumerate(labels):
                 counts = np.bincount(lab.ravel(), minlength=int(seg.classes_.max()) + 1)
                 rows.append([str(path), i] + [counts[c] / lab.size for c in seg.classes_])
-        except (HRDv2Error, OSError) as exc:
-            failed.append(str(path))
-            tqdm.write(click.style(f"skipped {path}: {exc}", fg="yellow"), file=sys.stderr)
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["file", "page"] + [seg.class_names[c - 1] if c - 1 < len(seg.class_names) else f"class {c}"
@@ -177,10 +194,8 @@ def apply(model, inputs, out_dir, fmt, proba, crf) -> None:
         w.writerow(r[:2] + [f"{v:.6f}" for v in r[2:]])
     if rows:
         write_text_atomic(out_dir / "phase_fractions.csv", buf.getvalue())
-    click.echo(f"segmented {len(files) - len(failed)} of {len(files)} file(s) into {out_dir}")
-    if failed:
-        click.secho(f"{len(failed)} file(s) failed: {', '.join(failed)}", fg="red", err=True)
-        sys.exit(1)
+    click.echo(f"segmented {run.done} of {len(files)} file(s) into {out_dir}")
+    run.finish(len(files))
 
 
 @click.command()
@@ -189,9 +204,12 @@ def apply(model, inputs, out_dir, fmt, proba, crf) -> None:
               help="Ground-truth label map(s), paired in order with PREDS (0 = ignore).")
 @click.option("--class-names", default=None, help="Comma-separated names of classes 1..K, for the table.")
 def evaluate(preds, gts, class_names) -> None:
-    """Per-class IoU, mIoU and pixel accuracy of predicted label maps against ground truth."""
-    from hrdv2.io import read_stack
-    from hrdv2.metrics.segmentation import confusion_matrix, iou_per_class, mean_iou, pixel_accuracy
+    """Per-class IoU, mIoU and pixel accuracy of predicted label maps against ground truth.
+
+    Label maps must hold integer class ids (0 = ignore in the ground truth, unlabelled in a
+    prediction); non-integer, negative or NaN values are refused, never truncated."""
+    from hrdv2.io import read_label_stack
+    from hrdv2.metrics.segmentation import compact_confusion, iou_per_class, mean_iou, pixel_accuracy
 
     gts = list(gts)
     if len(gts) == 1 and len(preds) > 1 and Path(gts[0]).is_dir():
@@ -200,22 +218,21 @@ def evaluate(preds, gts, class_names) -> None:
         raise click.UsageError(f"give one --gt per prediction ({len(preds)} predictions, {len(gts)} --gt).")
     pairs = []
     for pp, gp in zip(preds, gts):
-        pr, gt = read_stack(pp), read_stack(gp)
+        pr, gt = read_label_stack(pp), read_label_stack(gp)
         if len(pr) != len(gt) or pr[0].shape != gt[0].shape:
             raise ShapeError(f"{pp} ({len(pr)} page(s) of {pr[0].shape}) does not match {gp} "
                              f"({len(gt)} page(s) of {gt[0].shape}).")
-        for a, b in zip(pr, gt):
-            if a.ndim != 2 or b.ndim != 2:
-                raise ShapeError(f"{pp} / {gp}: label maps must be single-channel.")
-            pairs.append((a.astype(np.int64), b.astype(np.int64)))
-    k = max(int(max(a.max(), b.max())) for a, b in pairs)
-    cm = sum(confusion_matrix(a, b, k) for a, b in tqdm(pairs, desc="scoring", disable=len(pairs) < 8))
+        if not any(g.any() for g in gt):
+            raise HRDv2Error(f"{gp}: the ground truth has no labelled pixel (all 0 = ignore); nothing to score. "
+                             "Check that it is the right file and that classes are numbered from 1.")
+        pairs.extend(zip(pr, gt))
+    ids, cm = compact_confusion(tqdm(pairs, desc="scoring", disable=len(pairs) < 8))
     names = [n.strip() for n in class_names.split(",")] if class_names else []
     ious = iou_per_class(cm)
     click.echo(f"{'class':<24}{'IoU':>8}{'pixels':>12}")
-    for c in range(1, k + 1):
+    for j, c in enumerate(ids[1:], start=1):
         name = names[c - 1] if c - 1 < len(names) else f"class {c}"
-        iou = ious[c - 1]
-        click.echo(f"{c:>2} {name:<21}{'-' if np.isnan(iou) else f'{iou:.4f}':>8}{int(cm[c].sum()):>12}")
+        iou = ious[j - 1]
+        click.echo(f"{c:>2} {name:<21}{'-' if np.isnan(iou) else f'{iou:.4f}':>8}{int(cm[j].sum()):>12}")
     click.echo(f"mIoU            {mean_iou(cm):.4f}")
     click.echo(f"pixel accuracy  {pixel_accuracy(cm):.4f}")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 from pathlib import Path
 
 import click
@@ -14,15 +13,6 @@ def default_project_dir() -> Path:
     import platformdirs
 
     return Path(platformdirs.user_data_dir("hrdv2")) / "app"
-
-
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 @click.command()
@@ -39,12 +29,13 @@ def serve(data_dir: Path | None, project_dir: Path | None, host: str, port: int,
     """Start the web app on http://HOST:PORT (from a remote GPU box: ssh -L 8000:127.0.0.1:8000 box)."""
     import uvicorn
 
+    from hrdv2.app.security import is_loopback, loopback_host_names
     from hrdv2.app.server import create_app
 
     if data_dir is not None and not data_dir.is_dir():
         raise ConfigError(f"--data {data_dir}: no such folder. Give the folder that holds your images.")
     project_dir = project_dir or default_project_dir()
-    loopback = _is_loopback(host)
+    loopback = is_loopback(host)  # 127.1, 0x7f.1, [::1], localhost... all keep the Host check on
     if not loopback:
         click.secho(
             f"warning: binding {host}: anyone who can reach this machine on port {port} can read and change your "
@@ -55,9 +46,10 @@ def serve(data_dir: Path | None, project_dir: Path | None, host: str, port: int,
         project_dir,
         data_dir,
         max_upload_bytes=max_upload_mb * 1024 * 1024,
-        allowed_hosts=["127.0.0.1", "localhost", "::1", "[::1]"] if loopback else None,
+        allowed_hosts=loopback_host_names(host) if loopback else None,
     )
-    shown = f"[{host}]" if ":" in host else host
+    bind = host[1:-1] if host.startswith("[") and host.endswith("]") else host  # [::1] as in a URL
+    shown = f"[{bind}]" if ":" in bind else bind
     click.echo(f"hrdv2 app: projects in {project_dir}" + (f", images from {data_dir}" if data_dir else ""))
     click.echo(f"open http://{shown}:{port}/  (Ctrl+C to stop)")
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    uvicorn.run(app, host=bind, port=port, log_level="warning")

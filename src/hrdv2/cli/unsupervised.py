@@ -136,34 +136,38 @@ def unsupervised(images: tuple[str, ...], out_dir: str, **kw: Any) -> None:
     """
     from tqdm import tqdm
 
+    from hrdv2.cli.boundary import FileRun, check_outputs
     from hrdv2.datasets.folder import LABEL_SUFFIXES
     from hrdv2.errors import ImageReadError
-    from hrdv2.io import list_images, read_image
+    from hrdv2.io import list_images, read_stack
 
     paths: list[Path] = []
     for item in map(Path, images):  # folders: their images, minus NAME_gt / NAME_scribble label maps
         paths += [p for p in list_images(item) if not p.stem.endswith(LABEL_SUFFIXES)] if item.is_dir() else [item]
     if not paths:
         raise ImageReadError(f"no images found in {', '.join(images)}.")
-    missing = [str(p) for p in paths if not p.is_file()]
-    if missing:  # before the (slow) model load
-        raise ImageReadError(f"{missing[0]}: no such file{f' (and {len(missing) - 1} more)' if len(missing) > 1 else ''}.")
+    out = Path(out_dir)
+    check_outputs(folders=(out,))  # before the (slow) model load
     fz, ext, settings = resolve_setup(kw)
     setup = describe_setup(fz, ext, kw["preset"])
     click.echo(setup)
     _untrained_note(fz)
-    out = Path(out_dir)
     header = {"setup": setup, "untrained": not fz.backbone.pretrained}
+    run = FileRun()
     for p in tqdm(paths, desc="unsupervised", unit="img", disable=len(paths) < 2):
-        image = read_image(p)
-        t0 = time.perf_counter()
-        res = _run(image, fz, ext, settings)
-        secs = time.perf_counter() - t0
-        write_outputs(out, p.stem, image, res, header)
-        msg = f" ({res.message})" if res.message else ""
-        click.echo(f"{p.stem}: {image.shape[1]}x{image.shape[0]} | {res.classes.max()} classes, "
-                   f"{len(res.foreground_classes)} foreground, {res.foreground.mean():.1%} of pixels | "
-                   f"{len(res.boxes)} boxes{msg} | {secs:.2f} s -> {out}")
+        with run.step(p):
+            pages = read_stack(p)
+            for i, image in enumerate(pages):  # every page of a stack: NAME_p000, NAME_p001, ...
+                name = p.stem if len(pages) == 1 else f"{p.stem}_p{i:03d}"
+                t0 = time.perf_counter()
+                res = _run(image, fz, ext, settings)
+                secs = time.perf_counter() - t0
+                write_outputs(out, name, image, res, header)
+                msg = f" ({res.message})" if res.message else ""
+                click.echo(f"{name}: {image.shape[1]}x{image.shape[0]} | {res.classes.max()} classes, "
+                           f"{len(res.foreground_classes)} foreground, {res.foreground.mean():.1%} of pixels | "
+                           f"{len(res.boxes)} boxes{msg} | {secs:.2f} s -> {out}")
+    run.finish(len(paths))
 
 
 def _fmt(v: float | None) -> str:

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
-from hrdv2.features.sets import FeatureConfig, Progress, compute_features
+from hrdv2.features.sets import FeatureConfig
 from hrdv2.io import write_npy
 
 
@@ -25,7 +26,7 @@ def image_hash(image: np.ndarray) -> str:
 
 
 class FeatureCache:
-    """``FeatureCache(directory).get_or_compute(image, config)`` -> (H, W, F) float32."""
+    """``FeatureCache(directory).get_or_compute(image, config, compute)`` -> (H, W, F) float32."""
 
     def __init__(self, directory: str | Path):
         self.directory = Path(directory)
@@ -35,7 +36,9 @@ class FeatureCache:
     def path_for(self, image: np.ndarray, config: FeatureConfig) -> Path:
         return self.directory / config.key() / f"{image_hash(image)}.npy"
 
-    def get_or_compute(self, image: np.ndarray, config: FeatureConfig, progress: Progress = None) -> np.ndarray:
+    def get_or_compute(self, image: np.ndarray, config: FeatureConfig, compute: Callable[[], np.ndarray]) -> np.ndarray:
+        """The cached features of ``image`` under ``config``, else ``compute()`` stored for next time
+        (the cache never featurises by itself: :class:`hrdv2.engine.FeatureEngine` does)."""
         path = self.path_for(image, config)
         if path.exists():
             try:
@@ -46,7 +49,7 @@ class FeatureCache:
             except (OSError, ValueError):
                 pass  # unreadable entry: recompute and overwrite it
         self.misses += 1
-        feats = compute_features(image, config, progress=progress)
+        feats = compute()
         write_npy(path, feats)
         return feats
 

@@ -550,3 +550,66 @@ def classical_features(
                 fut.result()
                 tick()
     return out
+
+
+# --------------------------------------------------------------------------- block-wise support
+
+def classical_alignment(sigmas: Sequence[float] = DEFAULT_SIGMAS, *, base_sigma: float = 1.0, pyramid: bool = True) -> int:
+    """Largest pyramid block side used for these sigmas: a block read window that starts on a
+    multiple of it sees the same block means as the whole image (the structure tensor and the
+    membrane projections use level 2 at most, which divides it)."""
+    return max(_level_of(float(s), base_sigma, pyramid) for s in sigmas) if len(sigmas) else 1
+
+
+def classical_halo(
+    sigmas: Sequence[float] = DEFAULT_SIGMAS,
+    filters: str | Sequence[str] = DEFAULT_FILTERS,
+    *,
+    base_sigma: float = 1.0,
+    pyramid: bool = True,
+    membrane_size: int = 19,
+    truncate: float = 3.0,
+) -> int:
+    """Full-resolution pixels a block must read beyond its write window so that
+    :func:`classical_features` of the block equals the whole image's there (read windows aligned
+    to :func:`classical_alignment`).
+
+    Per job at level ``f`` with support ``r`` level pixels, a wrong value at a read-window edge
+    spreads ``r * f`` px through the filter and less than ``f`` px through the cascade of 2x
+    bilinear steps back to full resolution (``f/2 + f/4 + ... + 1``), so ``f * (r + 1)`` covers it.
+    The supports mirror the filters above: Gaussian radius ``int(truncate * s + 0.5)`` (scipy's)
+    plus 2 for the Sobel / Hessian differences; structure tensor: its Gaussian plus the 1-px
+    full-resolution difference; disk statistics: the disk radius; membrane: half the line length.
+    """
+    sigmas = tuple(float(s) for s in sigmas)
+    filters = resolve_filters(filters)
+    _check_filters(filters, sigmas)
+
+    def radius(s_lvl: float) -> int:
+        return int(truncate * s_lvl + 0.5)
+
+    fmax = classical_alignment(sigmas, base_sigma=base_sigma, pyramid=pyramid)
+    halo = 0
+    prev = 0.0
+    for s in sigmas:
+        lv = _level_of(s, base_sigma, pyramid)
+        if any(k in filters for k in ("gaussian", "gradient", "hessian", "laplacian", "dog")):
+            r = radius(_level_sigma(s, lv)) + 2
+            p_lvl = _level_sigma(prev, lv)
+            if "dog" in filters and p_lvl >= 0.3:
+                r = max(r, radius(p_lvl))
+            halo = max(halo, lv * (r + 1) if lv > 1 else r)
+        if "structure" in filters:
+            slv = max(lv, 2) if fmax >= 2 else lv
+            r = radius(_level_sigma(s, slv)) + 1
+            halo = max(halo, slv * (r + 1) if slv > 1 else r)
+        if any(k in filters for k in ("mean", "variance", "min", "max", "median", "entropy")):
+            r = max(1, int(round(s / lv)))
+            halo = max(halo, lv * (r + 1) if lv > 1 else r)
+        prev = s
+    if "membrane" in filters:
+        mlv = 2 if pyramid and fmax >= 2 else 1
+        msize = membrane_size // mlv + 1 if mlv > 1 else membrane_size
+        r = msize // 2
+        halo = max(halo, mlv * (r + 1) if mlv > 1 else r)
+    return halo

@@ -2,7 +2,9 @@
 
 One frozen :class:`FeatureConfig` describes how an image is featurised; it is saved with every
 trained model so a model applied later featurises the same way, and its :meth:`FeatureConfig.key`
-names cache entries. Deep features need a backbone; without weights the backbone loader raises
+names cache entries. Computing features from a config is the job of one owner,
+:class:`hrdv2.engine.FeatureEngine`; this module holds the config and the per-image steps
+(normalisation, standardisation, PCA) the engine composes. Deep features need a backbone; without weights the backbone loader raises
 :class:`~hrdv2.errors.WeightsUnavailableError`, whose message says how to get them; classical
 features never need anything beyond this package.
 """
@@ -12,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import threading
 from dataclasses import dataclass
 from typing import Any, Callable
 
@@ -45,6 +46,7 @@ class FeatureConfig:
     shifts: tuple[int, ...] = (1, 2)
     pattern: str = "moore"
     flips: bool = False
+    rotations: bool = False
     pca_components: int | None = None
     normalise: str = "auto"
     device: str = "cpu"
@@ -91,13 +93,15 @@ class FeatureConfig:
     def key(self) -> str:
         """Stable short string naming what the features depend on (not device / batch size)."""
         d = {k: v for k, v in self.to_dict().items() if k not in _RUNTIME_FIELDS}
+        if not d["rotations"]:
+            d.pop("rotations")  # added later: keys of configs without rotations stay as they were
         if not self.uses_classical:
             d.pop("sigmas"), d.pop("filters")
         else:  # features cached by an hrdv2 whose filters computed other values must not be reused
             d["classical_version"] = CLASSICAL_VERSION
         if not self.uses_deep:
-            for k in ("backbone", "weights", "stride", "shifts", "pattern", "flips", "pca_components"):
-                d.pop(k)
+            for k in ("backbone", "weights", "stride", "shifts", "pattern", "flips", "rotations", "pca_components"):
+                d.pop(k, None)
         digest = hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
         return f"{self.kind}-{digest}"
 
@@ -117,49 +121,6 @@ def standardise(
 
 def n_image_channels(image: np.ndarray) -> int:
     return 1 if image.ndim == 2 else int(image.shape[-1])
-
-
-# --------------------------------------------------------------------------- deep features
-
-_BACKBONES: dict[tuple, Any] = {}
-_LOCK = threading.Lock()
-
-
-def _featurizer(config: FeatureConfig):
-    """Build (once per backbone / weights / device) the HR-Dv2 featurizer for this config."""
-    from hrdv2.backbones import load_backbone
-    from hrdv2.upsample import HighResFeaturizer
-    from hrdv2 import transforms as T
-
-    key = (config.backbone, config.weights, config.device)
-    with _LOCK:
-        if key not in _BACKBONES:
-            _BACKBONES[key] = load_backbone(config.backbone, weights=config.weights, device=config.device)
-    backbone = _BACKBONES[key]
-    tfs = T.shifts(config.shifts, config.pattern) if config.shifts else [T.Identity()]
-    if config.flips:
-        tfs = T.product(tfs, T.flips())
-    return HighResFeaturizer(backbone, stride=config.stride, transforms=tfs, batch_size=config.batch_size, attention=False)
-
-
-def describe_backbone(config: FeatureConfig) -> str:
-    """e.g. "dinov2_vits14 (random weights, UNTRAINED)": what a benchmark must state."""
-    if not config.uses_deep:
-        return "none (classical features)"
-    _featurizer(config)
-    return _BACKBONES[(config.backbone, config.weights, config.device)].describe()
-
-
-def deep_features(image: np.ndarray, config: FeatureConfig, progress: Progress = None) -> np.ndarray:
-    """(H, W, C) float32 HR-Dv2 features (before any PCA)."""
-    from hrdv2.io import to_float01
-
-    fz = _featurizer(config)
-    img = image if image.dtype == np.uint8 else to_float01(image)
-    res = fz(img, progress_callback=progress)
-    feats = res.features if hasattr(res, "features") else res
-    arr = feats.detach().cpu().float().numpy() if hasattr(feats, "detach") else np.asarray(feats, np.float32)
-    return np.ascontiguousarray(np.moveaxis(arr, 0, -1))
 
 
 def pca_reduce(x: np.ndarray, k: int, random_state: int = 0) -> np.ndarray:
@@ -205,35 +166,27 @@ def normalise_image(image: np.ndarray, mode: str = "auto") -> np.ndarray:
     return out[..., 0] if x.ndim == 2 else out
 
 
-def compute_features(image: np.ndarray, config: FeatureConfig, progress: Progress = None) -> np.ndarray:
-    """(H, W, F) float32 features of one image.
+def _embed_dim_guess(backbone: str) -> int:
+    """Channels of a backbone's tokens from its name, without loading it (for memory estimates)."""
+    name = backbone.lower()
+    for tag, dim in (("giant", 1536), ("vitg", 1536), ("large", 1024), ("vitl", 1024), ("base", 768), ("vitb", 768),
+                     ("small", 384), ("vits", 384), ("tiny", 192), ("vitt", 192)):
+        if tag in name:
+            return dim
+    return 1024
 
-    ``hybrid`` = per-image standardised classical features next to per-image standardised deep
-    features (so neither block dominates by scale). ``pca_components`` compresses the deep block
-    with a PCA fitted on this image; a :class:`~hrdv2.segmentation.Segmenter` instead fits one PCA
-    on its training pixels so features of new images stay comparable.
-    """
-    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[-1] not in (1, 3)) or min(image.shape[:2]) < 4:
-        raise ShapeError(f"expected an (H, W) grey or (H, W, 3) colour image of at least 4x4 px, got {image.shape}.")
-    if image.ndim == 3 and image.shape[-1] == 1:
-        image = image[..., 0]
-    image = normalise_image(image, config.normalise)
-    if config.kind == "classical":
-        return classical_features(image, config.sigmas, config.filters, progress=progress)
-    n_steps = 2 if config.kind == "hybrid" else 1
 
-    def sub(step: int) -> Progress:
-        if progress is None:
-            return None
-        return lambda d, t: progress(step * 100 + int(100 * d / max(t, 1)), n_steps * 100)
-
-    deep = deep_features(image, config, progress=sub(n_steps - 1))
-    if config.pca_components:
-        deep = pca_reduce(deep, int(config.pca_components))
-    if config.kind == "deep":
-        return deep
-    cls = classical_features(image, config.sigmas, config.filters, progress=sub(0))
-    return np.concatenate([standardise(cls)[0], standardise(deep)[0]], axis=-1)
+def estimate_feature_bytes(config: FeatureConfig, shape: tuple[int, ...]) -> int:
+    """Peak bytes to featurise one image of ``shape`` whole: the (H, W, F) float32 map plus the
+    working copies the filters and the standardisation make (measured ~1.5x for classical)."""
+    h, w = int(shape[0]), int(shape[1])
+    channels = 1 if len(shape) == 2 else int(shape[2])
+    n = 0
+    if config.uses_classical:
+        n += int(1.5 * len(feature_names(channels, config.sigmas, config.filters)))
+    if config.uses_deep:
+        n += _embed_dim_guess(config.backbone) * (2 if config.kind == "hybrid" else 1)
+    return 4 * h * w * (n + 3 * channels)
 
 
 def n_classical(config: FeatureConfig, n_channels: int) -> int:

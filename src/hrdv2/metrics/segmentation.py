@@ -61,3 +61,29 @@ def pixel_accuracy(pred_or_cm: np.ndarray, gt: np.ndarray | None = None, n_class
     cm = _cm(pred_or_cm, gt, n_classes)
     total = cm[1:, :].sum()
     return float(np.trace(cm[1:, 1:]) / total) if total else float("nan")
+
+
+def compact_confusion(pairs) -> tuple[np.ndarray, np.ndarray]:
+    """Confusion over the class ids actually present, for label maps with large or sparse ids.
+
+    ``pairs`` yields (pred, gt) label maps. Returns ``ids`` (id 0 first, then every non-zero id
+    seen in any map, ascending) and the (m+1, m+1) matrix whose row/column j stands for
+    ``ids[j]``, so its size follows the number of classes present, not the largest id (a
+    16-bit prediction holding id 65535 needs a 2x2 matrix, not 32 GiB).
+    """
+    pairs = [(np.asarray(p), np.asarray(g)) for p, g in pairs]
+    for p, g in pairs:
+        if p.shape != g.shape:
+            raise ShapeError(f"prediction is {p.shape} but ground truth is {g.shape}; they must match.")
+        if (p.size and p.min() < 0) or (g.size and g.min() < 0):
+            raise ValueError("label maps must hold non-negative class ids.")
+    present = [np.unique(a) for pair in pairs for a in pair]
+    ids = np.union1d(np.zeros(1, np.int64), np.concatenate(present).astype(np.int64) if present else [])
+    m = len(ids)
+    cm = np.zeros((m, m), np.int64)
+    for p, g in pairs:
+        keep = g.ravel() > 0
+        gi = np.searchsorted(ids, g.ravel()[keep])
+        pi = np.searchsorted(ids, p.ravel()[keep])
+        cm += np.bincount(gi * m + pi, minlength=m * m).reshape(m, m)
+    return ids, cm

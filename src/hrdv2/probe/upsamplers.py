@@ -116,12 +116,10 @@ class HRDv2:
     name: str = ""
 
     def __call__(self, image: np.ndarray, backbone: Any) -> torch.Tensor:
-        from hrdv2.transforms import flips, product, shifts
+        from hrdv2.engine import transform_set
         from hrdv2.upsample import HighResFeaturizer
 
-        tfs = shifts(self.shift_distances, "moore")
-        if self.flip:
-            tfs = product(tfs, flips())
+        tfs = transform_set(self.shift_distances, "moore", self.flip)
         stride = self.stride if self.stride is None or self.stride > 0 else max(1, backbone.patch_size // 2)
         fz = HighResFeaturizer(backbone, stride=stride, transforms=tfs, batch_size=self.batch_size, attention=False)
         return fz(image).features
@@ -239,13 +237,14 @@ class Classical:
 
     def check(self) -> None:
         try:
-            from hrdv2.features.sets import FeatureConfig, compute_features  # noqa: F401
+            from hrdv2.engine import compute_features  # noqa: F401
         except ImportError as exc:
             raise UpsamplerUnavailableError(f"classical features need hrdv2.features.sets ({exc}).") from exc
 
     def __call__(self, image: np.ndarray, backbone: Any = None) -> torch.Tensor:
         self.check()
-        from hrdv2.features.sets import FeatureConfig, compute_features
+        from hrdv2.engine import compute_features
+        from hrdv2.features.sets import FeatureConfig
 
         feats = np.asarray(compute_features(image, FeatureConfig(kind="classical")), dtype=np.float32)
         if feats.ndim != 3 or feats.shape[:2] != image.shape[:2]:

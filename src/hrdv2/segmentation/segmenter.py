@@ -1,9 +1,9 @@
 """Scribble-trained pixel classifier with the scikit-learn shape (fit / predict / save / load).
 
 Training pixels are the scribbled ones, capped with class-balanced sampling (see
-:mod:`hrdv2.segmentation.sampling`). Models are saved with skops and loaded with an allowlist
-(only numpy / scikit-learn types and hrdv2's own state), never with pickle, so a model file
-from elsewhere cannot run code. The file carries the feature config and class names, so
+:mod:`hrdv2.segmentation.sampling`). Models are saved with skops, never pickle, and loaded only
+if they hold exactly the types hrdv2 writes (:mod:`hrdv2.segmentation.model_file`), so a model
+file from elsewhere cannot run code. The file carries the feature config and class names, so
 ``Segmenter.load(path).predict(image)`` featurises exactly as at training time.
 """
 
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-import zipfile
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -19,8 +18,7 @@ import numpy as np
 
 from hrdv2.errors import ConfigError, HRDv2Error, ModelFileError, ShapeError
 from hrdv2.features.classical import CLASSICAL_VERSION
-from hrdv2.features.sets import FeatureConfig, compute_features, n_classical, n_image_channels
-from hrdv2.io import atomic_path
+from hrdv2.features.sets import FeatureConfig, n_classical, n_image_channels
 from hrdv2.segmentation.sampling import balanced_sample
 
 CLASSIFIERS = ("logistic", "random_forest", "gradient_boosting")
@@ -81,6 +79,7 @@ class Segmenter:
         classifier_params: dict | None = None,
         crf_params: dict | None = None,
         cache_dir: str | Path | None = None,
+        backbones: Any = None,
     ):
         self.features = _as_config(features)
         if classifier not in CLASSIFIERS:
@@ -95,6 +94,7 @@ class Segmenter:
         self.classifier_params = dict(classifier_params or {})
         self.crf_params = dict(crf_params or {})
         self.cache_dir = cache_dir
+        self.backbones = backbones  # a shared hrdv2.engine.BackboneCache (e.g. the web app's), or None
 
     def _threads(self):
         """Logistic regression works on small matrices: BLAS threads only add overhead, and on a
@@ -111,13 +111,22 @@ class Segmenter:
         """The config of the features ``fit``/``predict`` expect via ``features=`` (PCA is learnt here)."""
         return self.features.replace(pca_components=None) if self.features.uses_deep else self.features
 
+    @property
+    def engine(self):
+        """The :class:`~hrdv2.engine.FeatureEngine` of this model's own config (built once, with the
+        backbone cache given to the constructor, if any): the only way this model featurises."""
+        from hrdv2.engine import FeatureEngine
+
+        config = self.compute_config
+        cached = getattr(self, "_engine", None)
+        if cached is None or cached.config != config or cached.cache_dir != (
+                None if self.cache_dir is None else Path(self.cache_dir)):
+            self._engine = FeatureEngine(config, cache_dir=self.cache_dir, backbones=self.backbones)
+        return self._engine
+
     def featurise(self, image: np.ndarray, progress: Progress = None) -> np.ndarray:
         """Features of ``image`` as this model consumes them, before its learnt PCA."""
-        if self.cache_dir is not None:
-            from hrdv2.features.cache import FeatureCache
-
-            return FeatureCache(self.cache_dir).get_or_compute(image, self.compute_config, progress=progress)
-        return compute_features(image, self.compute_config, progress=progress)
+        return self.engine.features(image, progress)
 
     def _rows(self, feats: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:
         """Flatten (H, W, F) -> (N, F') float32, applying the learnt PCA of the deep block."""
@@ -277,38 +286,20 @@ class Segmenter:
         }
 
     def save(self, path: str | Path) -> Path:
-        """Write a skops file atomically (``.skops`` suggested)."""
-        import skops.io as sio
+        """Write a skops file atomically (``.skops`` suggested); see :mod:`hrdv2.segmentation.model_file`."""
+        from hrdv2.segmentation.model_file import write_model
 
         self._check_fitted()
-        path = Path(path)
-        with atomic_path(path) as tmp:
-            sio.dump(self._state(), tmp)
-        return path
+        return write_model(path, self._state())
 
     @classmethod
     def load(cls, path: str | Path) -> "Segmenter":
-        """Read a model saved by :meth:`save`; refuses files holding anything but numpy / scikit-learn state."""
-        import skops.io as sio
+        """Read a model saved by :meth:`save`. Refuses (ModelFileError) any file holding a type hrdv2
+        never writes, before building anything, and any state whose fields do not fit together."""
+        from hrdv2.segmentation.model_file import read_model
 
         path = Path(path)
-        if not path.is_file():
-            raise ModelFileError(f"{path}: no such model file.")
-        try:
-            untrusted = sio.get_untrusted_types(file=path)
-        except (zipfile.BadZipFile, KeyError, ValueError, OSError, TypeError) as exc:
-            raise ModelFileError(f"{path}: not a readable hrdv2 model file (skops archive): {exc}. Re-train or re-copy it.") from exc
-        unsafe = [t for t in untrusted if not t.startswith(("sklearn.", "numpy.", "scipy."))]
-        if unsafe:
-            raise ModelFileError(f"{path}: refusing to load a model holding non-scikit-learn types {unsafe[:5]}.")
-        try:
-            state = sio.load(path, trusted=untrusted)
-        except Exception as exc:  # skops raises many types on damaged archives
-            raise ModelFileError(f"{path}: model file is damaged ({type(exc).__name__}: {exc}). Re-train or re-copy it.") from exc
-        if not isinstance(state, dict) or state.get("format") != FORMAT:
-            raise ModelFileError(f"{path}: not an hrdv2 segmenter model (made by `hrdv2 train` / Segmenter.save).")
-        if state.get("format_version", 0) > FORMAT_VERSION:
-            raise ModelFileError(f"{path}: made by a newer hrdv2 (format {state['format_version']}); upgrade hrdv2.")
+        state = read_model(path)  # validated: every field present, typed and consistent
         try:
             seg = cls(
                 features=FeatureConfig.from_dict(state["features"]),
@@ -320,15 +311,15 @@ class Segmenter:
                 classifier_params=state["classifier_params"],
                 crf_params=state["crf_params"],
             )
-            seg.classes_ = np.asarray(state["classes"], dtype=np.int64)
-            seg.n_channels_ = int(state["n_channels"])
-            seg.n_features_in_ = int(state["n_features_in"])
-            seg.n_classical_ = int(state["n_classical"])
-            seg.n_train_pixels_ = int(state["n_train_pixels"])
-            seg.model_ = state["model"]
-            seg.pca_ = state["pca"]
-        except (KeyError, TypeError, HRDv2Error) as exc:
-            raise ModelFileError(f"{path}: model file is incomplete or inconsistent ({exc}).") from exc
+        except HRDv2Error as exc:
+            raise ModelFileError(f"{path}: model file is inconsistent ({exc}). Re-train it.") from None
+        seg.classes_ = np.asarray(state["classes"], dtype=np.int64)
+        seg.n_channels_ = int(state["n_channels"])
+        seg.n_features_in_ = int(state["n_features_in"])
+        seg.n_classical_ = int(state["n_classical"])
+        seg.n_train_pixels_ = int(state["n_train_pixels"])
+        seg.model_ = state["model"]
+        seg.pca_ = state["pca"]
         trained_with = int(state.get("classical_version", 1))
         if seg.features.uses_classical and trained_with != CLASSICAL_VERSION:
             warnings.warn(

@@ -257,18 +257,15 @@ def build_featurizer(
     ``shifts`` are Moore-neighbourhood distances in pixels (the identity is always included);
     ``flips`` adds the left-right / up-down flips of every shifted copy.
     """
-    from hrdv2.transforms import flips as flip_set
-    from hrdv2.transforms import product
-    from hrdv2.transforms import shifts as shift_set
+    from hrdv2.engine import FeatureEngine, transform_set
+    from hrdv2.features.sets import FeatureConfig
     from hrdv2.upsample import HighResFeaturizer
 
-    if isinstance(backbone, str):
-        from hrdv2.backbones import load_backbone
-
-        backbone = load_backbone(backbone, weights=weights, device=device)
-    transforms = shift_set(tuple(shifts), "moore")
-    if flips:
-        transforms = product(transforms, flip_set())
+    if isinstance(backbone, str):  # by name: the feature engine loads and owns it
+        config = FeatureConfig(kind="deep", backbone=backbone, weights=weights, stride=stride, shifts=tuple(shifts),
+                               flips=flips, batch_size=batch_size, device=device)
+        return FeatureEngine(config).featurizer(attention=True)
+    transforms = transform_set(tuple(shifts), "moore", flips)
     return HighResFeaturizer(backbone, stride=stride, transforms=transforms, batch_size=batch_size)
 
 
@@ -320,6 +317,10 @@ def segment_unsupervised(
     image = np.asarray(image)
     if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[-1] != 3):
         raise ShapeError(f"image must be (H, W) grey or (H, W, 3) RGB; got shape {image.shape}.")
+    if image.dtype.kind == "f" and not np.all(np.isfinite(image)):
+        bad = int(np.count_nonzero(~np.isfinite(image)))
+        raise ShapeError(f"image holds {bad} NaN/inf value(s), which would turn every feature into NaN; "
+                         "replace them (e.g. with the image minimum) first.")
     timer = _Timer()
     with timer("features"):
         fz = featurizer or build_featurizer(backbone, weights, stride, shifts, flips)

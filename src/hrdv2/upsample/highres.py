@@ -11,6 +11,12 @@ signature (r_1(y), ..., r_T(y)), and likewise for columns. For the paper's 17 Mo
 stride 14 that is ~5 distinct rows per 14 px, so the accumulator is ~8x smaller than the
 image; it is filled batch by batch as the ViT runs (memory bounded by ``batch_size``, not by
 T) and expanded to (C, H, W) once at the end with two gathers.
+
+Devices: every tensor on the image/feature path (input, transformed copies, accumulators,
+lookups) lives on the backbone's device; only the integer planning runs on the CPU, and its
+few index vectors cross once per image, not per transform. Results cross back to the CPU as
+float32 once, at the end: as the compressed grid when that is less than half the full map
+(the expansion then runs on the CPU), else as the expanded map.
 """
 
 from __future__ import annotations
@@ -48,25 +54,30 @@ def parse_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
     return DTYPES[dtype]
 
 
-def image_to_tensor(image: np.ndarray | torch.Tensor) -> torch.Tensor:
+def image_to_tensor(image: np.ndarray | torch.Tensor, device: str | torch.device | None = None) -> torch.Tensor:
     """ImageNet-normalised (1, 3, H, W) float32 from an (H, W) / (H, W, 3) array of any dtype, or
-    from a (3, H, W) float tensor in [0, 1]."""
+    from a (3, H, W) float tensor in [0, 1]. ``device``: where the result lives (default: the
+    CPU for arrays, the tensor's own device for tensors); the image crosses once, before any
+    arithmetic."""
     if isinstance(image, torch.Tensor):
-        t = image.float()
-        if t.ndim != 3 or t.shape[0] != 3:
-            raise ShapeError(f"image tensor must be (3, H, W) in [0, 1], got {tuple(t.shape)}.")
+        if image.ndim != 3 or image.shape[0] != 3:
+            raise ShapeError(f"image tensor must be (3, H, W) in [0, 1], got {tuple(image.shape)}.")
+        t = image.to(device) if device is not None else image
+        t = t.float()
     else:
         arr = np.asarray(image)
         if arr.ndim == 3 and arr.shape[-1] == 4:
             arr = arr[..., :3]  # RGBA: alpha dropped, as hrdv2.io does
         if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[-1] != 3):
             raise ShapeError(f"image must be (H, W) grey or (H, W, 3) RGB, got shape {arr.shape}.")
-        t = torch.from_numpy(to_rgb01(arr)).permute(2, 0, 1)
+        t = torch.from_numpy(to_rgb01(arr))
+        t = (t.to(device) if device is not None else t).permute(2, 0, 1)
     if min(t.shape[-2:]) < MIN_SIDE:
         raise ShapeError(f"image is {t.shape[-1]}x{t.shape[-2]} px; hrdv2 needs at least {MIN_SIDE} px per side.")
-    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
-    return ((t - mean) / std).unsqueeze(0).contiguous()
+    out = torch.empty((1, *t.shape), dtype=torch.float32, device=t.device)
+    for c in range(3):  # per-channel Python scalars: no constant tensors to create or move
+        torch.sub(t[c], IMAGENET_MEAN[c], out=out[0, c]).div_(IMAGENET_STD[c])
+    return out
 
 
 @dataclass
@@ -94,11 +105,15 @@ def _depends_only_on(m: torch.Tensor, axis: int) -> bool:
 
 
 def plan_transforms(
-    transforms: Sequence[Transform], height: int, width: int, patch: int, stride: int
+    transforms: Sequence[Transform], height: int, width: int, patch: int, stride: int,
+    device: str | torch.device | None = None,
 ) -> tuple[list[_Plan], torch.Tensor, torch.Tensor]:
     """Row/column signatures of every transform and the compressed grid they define.
 
-    Returns the plans and the maps from image rows/columns to compressed row/column classes.
+    Returns the plans (their cell lookups on ``device``, moved there in one copy each for rows
+    and columns) and the CPU maps from image rows/columns to compressed row/column classes.
+    The planning itself is small integer work with data-dependent sizes (``torch.unique``), so
+    it runs on the CPU whatever the device.
     """
     row_keys, col_keys, meta = [], [], []
     for t in transforms:
@@ -116,6 +131,8 @@ def plan_transforms(
         meta.append((t, geo, transposed))
     row_sig, row_class = torch.unique(torch.stack(row_keys, 1), dim=0, return_inverse=True)
     col_sig, col_class = torch.unique(torch.stack(col_keys, 1), dim=0, return_inverse=True)
+    if device is not None:
+        row_sig, col_sig = row_sig.to(device), col_sig.to(device)
     plans = [
         _Plan(t, geo, tr, row_sig[:, i].contiguous(), col_sig[:, i].contiguous())
         for i, (t, geo, tr) in enumerate(meta)
@@ -130,7 +147,8 @@ class HighResFeaturizer:
     (1 <= S <= P, default P). transforms: the set to average over (default: identity + Moore
     shifts by 1 and 2 px, 17 in all). batch_size: transformed copies per ViT call; it alone
     bounds peak memory. dtype: compute dtype (float32, bfloat16, float16); accumulation is
-    always float32.
+    always float32. Computation runs on ``backbone.device``; return_device: where results go
+    (default the CPU, as float32; None keeps them on the backbone's device).
     """
 
     def __init__(
@@ -142,6 +160,7 @@ class HighResFeaturizer:
         dtype: str | torch.dtype | None = None,
         progress: bool = False,
         attention: bool = True,
+        return_device: str | torch.device | None = "cpu",
     ):
         self.backbone = backbone
         self.stride = backbone.check_stride(stride)
@@ -155,6 +174,7 @@ class HighResFeaturizer:
         self.dtype = parse_dtype(dtype)
         self.progress = progress
         self.attention = attention
+        self.return_device = None if return_device is None else torch.device(return_device)
 
     def __call__(self, image: np.ndarray | torch.Tensor, progress_callback: ProgressCallback | None = None,
                  project: Callable[[torch.Tensor], torch.Tensor] | None = None) -> HighResResult:
@@ -163,16 +183,18 @@ class HighResFeaturizer:
     def featurize(self, image: np.ndarray | torch.Tensor, progress_callback: ProgressCallback | None = None,
                   project: Callable[[torch.Tensor], torch.Tensor] | None = None) -> HighResResult:
         """``project``: an optional per-pixel linear map (N, C) -> (N, k), e.g. a fitted PCA, applied
-        to the compressed grid before expansion, so a (C, H, W) map is never materialised."""
+        to the compressed grid before expansion, so a (C, H, W) map is never materialised. It
+        receives float32 rows on the backbone's device."""
         start = time.perf_counter()
-        x = image_to_tensor(image)
+        device = self.backbone.device
+        x = image_to_tensor(image, device=device)
         H, W = x.shape[-2:]
         P, S = self.backbone.patch_size, self.stride
-        plans, row_class, col_class = plan_transforms(self.transforms, H, W, P, S)
+        plans, row_class, col_class = plan_transforms(self.transforms, H, W, P, S, device=device)
         Hu, Wu = len(plans[0].rows), len(plans[0].cols)
-        # channels-last accumulators: every gather below copies contiguous C-length rows
-        feats = torch.zeros(Hu, Wu, self.backbone.embed_dim)
-        attn = torch.zeros(Hu, Wu, self.backbone.num_heads) if self.attention else None
+        # channels-last float32 accumulators: every gather below copies contiguous C-length rows
+        feats = torch.zeros(Hu, Wu, self.backbone.embed_dim, device=device)
+        attn = torch.zeros(Hu, Wu, self.backbone.num_heads, device=device) if self.attention else None
 
         # batch transforms whose outputs share a shape (quarter turns of non-square images differ)
         groups: dict[tuple[int, int], list[_Plan]] = {}
@@ -187,6 +209,7 @@ class HighResFeaturizer:
             inputs = torch.cat([geo.pad(p.transform.forward(x)) for p in batch])
             t0 = time.perf_counter()
             grid_feats, grid_attn = self.backbone.forward_patches(inputs, S, with_attention=self.attention, dtype=self.dtype)
+            _synchronize(device)  # GPU kernels run asynchronously: time them, not their launch
             vit_seconds += time.perf_counter() - t0
             grid_feats = grid_feats.permute(0, 2, 3, 1)  # (B, gh, gw, C): the ViT's own token layout
             for i, p in enumerate(batch):
@@ -202,10 +225,15 @@ class HighResFeaturizer:
 
         n = float(len(plans))
         feats.div_(n)
+        if attn is not None:
+            attn.div_(n)
         if project is not None:
             feats = project(feats.view(-1, feats.shape[-1])).reshape(Hu, Wu, -1).float().contiguous()
-        out = _expand(feats, row_class, col_class)
-        out_attn = None if attn is None else _expand(attn.div_(n), row_class, col_class)
+        # all device work is queued before the first copy back, which then waits for it once
+        target = device if self.return_device is None else self.return_device
+        out = _expand_to(feats, row_class, col_class, target)
+        out_attn = None if attn is None else _expand_to(attn, row_class, col_class, target)
+        _synchronize(out.device)
         info = {
             "backbone": self.backbone.describe(),
             "untrained": not self.backbone.pretrained,
@@ -214,6 +242,7 @@ class HighResFeaturizer:
             "transforms": len(plans),
             "compressed_grid": (Hu, Wu),
             "dtype": str(self.dtype).replace("torch.", ""),
+            "device": str(device),
             "projected": project is not None,
             "seconds": time.perf_counter() - start,
             "vit_seconds": vit_seconds,
@@ -221,11 +250,27 @@ class HighResFeaturizer:
         return HighResResult(out, out_attn, info)
 
 
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def _accumulate(acc: torch.Tensor, grid: torch.Tensor, index: torch.Tensor) -> None:
     """acc[i, j, :] += the grid cell that compressed cell (i, j) reads; one gather of
     contiguous C-length rows from the channels-last (gh, gw, C) grid."""
     C = grid.shape[-1]
     acc.view(-1, C).add_(grid.reshape(-1, C).index_select(0, index))
+
+
+def _expand_to(acc: torch.Tensor, row_class: torch.Tensor, col_class: torch.Tensor,
+               target: torch.device) -> torch.Tensor:
+    """The expanded (C, H, W) map on ``target`` after a single transfer: of the compressed grid
+    (then expanded on ``target``) when it is under half the full map, else of the full map
+    (expanded on ``acc``'s device, where the gather is fastest)."""
+    if acc.device != target and 2 * acc.shape[0] * acc.shape[1] <= len(row_class) * len(col_class):
+        acc = acc.to(target)
+    out = _expand(acc, row_class.to(acc.device), col_class.to(acc.device))
+    return out.to(target)  # no-op when already there; keeps the channels-last strides
 
 
 def _expand(acc: torch.Tensor, row_class: torch.Tensor, col_class: torch.Tensor) -> torch.Tensor:

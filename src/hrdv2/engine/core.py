@@ -1,0 +1,176 @@
+"""FeatureEngine: the one owner of "how an image becomes features".
+
+Given a :class:`~hrdv2.features.sets.FeatureConfig`, an engine owns the backbone (loaded once,
+through a :class:`BackboneCache` its owner may share), the transform set, the HR-Dv2
+featurizer, the classical filters, the disk cache and its keys, and the device. The CLI,
+``Segmenter``, the web app, the unsupervised workflow and the probe all featurise through it,
+so a trained model is always applied with exactly the features it was trained on.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hrdv2.errors import ConfigError, ShapeError
+from hrdv2.features.classical import classical_features
+from hrdv2.features.sets import (
+    FeatureConfig, Progress, estimate_feature_bytes, normalise_image, pca_reduce, standardise,
+)
+
+
+def check_image(image: np.ndarray) -> np.ndarray:
+    """(H, W) grey or (H, W, 3) colour, at least 4x4, no NaN/inf; (H, W, 1) becomes (H, W)."""
+    image = np.asarray(image)
+    if image.ndim not in (2, 3) or (image.ndim == 3 and image.shape[-1] not in (1, 3)) or min(image.shape[:2]) < 4:
+        raise ShapeError(f"expected an (H, W) grey or (H, W, 3) colour image of at least 4x4 px, got {image.shape}.")
+    if image.ndim == 3 and image.shape[-1] == 1:
+        image = image[..., 0]
+    if image.dtype.kind == "f" and not np.all(np.isfinite(image)):
+        raise ShapeError(f"image holds {int(np.count_nonzero(~np.isfinite(image)))} NaN/inf value(s), which would "
+                         "make every feature NaN; replace them (e.g. with the image minimum) first.")
+    return image
+
+
+def compute_features(image: np.ndarray, config: FeatureConfig, progress: Progress = None) -> np.ndarray:
+    """One-off (H, W, F) float32 features of ``image`` (builds a throw-away engine: to featurise
+    many images with a backbone, keep a :class:`FeatureEngine`)."""
+    return FeatureEngine(config).compute(image, progress)
+
+
+class BackboneCache:
+    """Loaded backbones keyed by (name, weights, device).
+
+    Not a module global: whoever needs backbones shared (the web app, a Dask worker, one CLI
+    run) owns one and hands it to the engines it builds.
+    """
+
+    def __init__(self) -> None:
+        self._loaded: dict[tuple[str, str | None, str], Any] = {}
+        self._lock = threading.Lock()
+
+    def get(self, name: str, weights: str | None, device: str) -> Any:
+        from hrdv2.backbones import load_backbone
+
+        key = (name, None if weights is None else str(weights), str(device))
+        with self._lock:  # loading holds the lock: two threads never load the same weights twice
+            if key not in self._loaded:
+                self._loaded[key] = load_backbone(name, weights=weights, device=device)
+            return self._loaded[key]
+
+    def __len__(self) -> int:
+        return len(self._loaded)
+
+
+def transform_set(shifts: tuple[int, ...], pattern: str = "moore", flips: bool = False, rotations: bool = False) -> list:
+    """The transforms HR-Dv2 averages over: identity + shifts, times flips, times quarter turns."""
+    from hrdv2 import transforms as T
+
+    sets = [T.shifts(tuple(shifts), pattern) if shifts else [T.Identity()]]
+    if flips:
+        sets.append(T.flips())
+    if rotations:
+        sets.append(T.rotations())
+    return T.product(*sets) if len(sets) > 1 else list(sets[0])
+
+
+class FeatureEngine:
+    """Features for one :class:`FeatureConfig`, for a whole image (``features``) or a block.
+
+    ``cache_dir``: an on-disk feature cache keyed by image content and ``config.key()``.
+    ``backbones``: a shared :class:`BackboneCache` (a private one by default).
+    """
+
+    def __init__(self, config: FeatureConfig, *, cache_dir: str | Path | None = None,
+                 backbones: BackboneCache | None = None):
+        if not isinstance(config, FeatureConfig):
+            raise ConfigError(f"FeatureEngine needs a FeatureConfig, got {type(config).__name__}.")
+        self.config = config
+        self.cache_dir = None if cache_dir is None else Path(cache_dir)
+        self.backbones = backbones if backbones is not None else BackboneCache()
+        self._featurizers: dict[tuple, Any] = {}
+        self._lock = threading.Lock()
+
+    # -- the deep side ------------------------------------------------------------------------
+    @property
+    def backbone(self) -> Any:
+        """The loaded backbone (deep and hybrid configs only)."""
+        if not self.config.uses_deep:
+            raise ConfigError(f"{self.config.kind} features use no backbone.")
+        c = self.config
+        return self.backbones.get(c.backbone, c.weights, c.device)
+
+    def transforms(self) -> list:
+        c = self.config
+        return transform_set(c.shifts, c.pattern, c.flips, c.rotations)
+
+    def featurizer(self, *, attention: bool = False, dtype: str = "float32", progress: bool = False) -> Any:
+        """The HR-Dv2 featurizer of this config (built once per attention/dtype/progress choice)."""
+        from hrdv2.upsample import HighResFeaturizer
+
+        key = (attention, dtype, progress)
+        with self._lock:
+            if key not in self._featurizers:
+                c = self.config
+                self._featurizers[key] = HighResFeaturizer(
+                    self.backbone, stride=c.stride, transforms=self.transforms(), batch_size=c.batch_size,
+                    dtype=dtype, attention=attention, progress=progress,
+                )
+            return self._featurizers[key]
+
+    def describe(self) -> str:
+        """e.g. "dinov2_vits14 (random weights, UNTRAINED)": what every benchmark must state."""
+        if not self.config.uses_deep:
+            return "none (classical features)"
+        return self.backbone.describe()
+
+    # -- features -----------------------------------------------------------------------------
+    def compute(self, image: np.ndarray, progress: Progress = None) -> np.ndarray:
+        """(H, W, F) float32 features of one image, never from the cache.
+
+        ``hybrid`` = per-image standardised classical features next to per-image standardised
+        deep features (so neither block dominates by scale). ``pca_components`` compresses the
+        deep block with a PCA fitted on this image; a :class:`~hrdv2.segmentation.Segmenter`
+        instead fits one PCA on its training pixels so features of new images stay comparable.
+        """
+        config = self.config
+        image = check_image(image)
+        image = normalise_image(image, config.normalise)
+        if config.kind == "classical":
+            return classical_features(image, config.sigmas, config.filters, progress=progress)
+        n_steps = 2 if config.kind == "hybrid" else 1
+
+        def sub(step: int) -> Progress:
+            if progress is None:
+                return None
+            return lambda d, t: progress(step * 100 + int(100 * d / max(t, 1)), n_steps * 100)
+
+        deep = self.deep_features(image, progress=sub(n_steps - 1))
+        if config.pca_components:
+            deep = pca_reduce(deep, int(config.pca_components))
+        if config.kind == "deep":
+            return deep
+        cls = classical_features(image, config.sigmas, config.filters, progress=sub(0))
+        return np.concatenate([standardise(cls)[0], standardise(deep)[0]], axis=-1)
+
+    def deep_features(self, image01: np.ndarray, progress: Progress = None) -> np.ndarray:
+        """(H, W, C) float32 HR-Dv2 features (before any PCA) of a normalised [0, 1] image."""
+        res = self.featurizer()(image01, progress_callback=progress)
+        arr = res.features.detach().cpu().float().numpy()
+        return np.ascontiguousarray(np.moveaxis(arr, 0, -1))
+
+    def features(self, image: np.ndarray, progress: Progress = None) -> np.ndarray:
+        """(H, W, F) float32 features of ``image``, through the disk cache when there is one."""
+        if self.cache_dir is None:
+            return self.compute(image, progress)
+        from hrdv2.features.cache import FeatureCache
+
+        return FeatureCache(self.cache_dir).get_or_compute(
+            image, self.config, compute=lambda: self.compute(image, progress))
+
+    def estimate_bytes(self, shape: tuple[int, ...]) -> int:
+        """Peak bytes to featurise an image of ``shape`` whole (for refusing work that cannot fit)."""
+        return estimate_feature_bytes(self.config, shape)
