@@ -756,12 +756,10 @@ def test_serve_keeps_the_host_check_on_any_loopback_spelling(monkeypatch, tmp_pa
     assert r.exit_code == 0 and "warning" not in r.output, r.output
     app, kw = apps[-1]
     assert kw["host"] == host.strip("[]")
-    with TestClient(app, base_url="http://rebound.example") as c:
-        assert c.get("/api/projects").status_code == 400  # DNS rebinding still refused
-    with TestClient(app, base_url="http://localhost:8000") as c:
-        assert c.get("/api/projects").status_code == 200
-    with TestClient(app, base_url=f"http://{host}:8000") as c:
-        assert c.get("/api/projects").status_code == 200  # the address as typed on the command line
+    with TestClient(app) as c:
+        assert c.get("/api/projects", headers={"Host": "rebound.example"}).status_code == 400  # DNS rebinding
+        assert c.get("/api/projects", headers={"Host": "localhost:8000"}).status_code == 200
+        assert c.get("/api/projects", headers={"Host": f"{host}:8000"}).status_code == 200  # as typed
 
 
 def test_over_limit_body_is_413_chunked_or_not(dirs):
@@ -777,7 +775,36 @@ def test_over_limit_body_is_413_chunked_or_not(dirs):
         for r in (declared, chunked):
             assert r.status_code == 413 and "limit" in r.json()["detail"], r.text
         assert c.get(url).json() == []
+        big_json = b'{"name": "' + b"x" * 1_500_000 + b'"}'
+        for content in (big_json, (big_json[i:i + 65536] for i in range(0, len(big_json), 65536))):
+            r = c.post("/api/projects", content=content, headers={"Content-Type": "application/json"})
+            assert r.status_code == 413, r.text
         small = head + bytes(100_000) + b"\r\n--B0UND--\r\n"  # within the slack: the upload's own limit says 413
         r = c.post(url, content=(small[i:i + 4096] for i in range(0, len(small), 4096)), headers=headers)
         assert r.status_code == 413 and "20,000" in r.json()["detail"]
         assert _project(c, "still answering")["name"] == "still answering"
+
+
+@pytest.mark.parametrize("app_reply", [400, 500, None])
+def test_body_limit_wins_over_the_apps_own_answer(app_reply):
+    """Whatever the app makes of a body cut off at the limit (a parser's 400, a crash, nothing),
+    the client gets the 413 a declared Content-Length gets."""
+    from hrdv2.app.security import RequestGuard
+
+    async def app(scope, receive, send):
+        try:
+            while (await receive()).get("more_body"):
+                pass
+            status = 200
+        except Exception:
+            if app_reply is None:
+                raise
+            status = app_reply
+        await send({"type": "http.response.start", "status": status, "headers": [(b"content-type", b"text/plain")]})
+        await send({"type": "http.response.body", "body": b"the app's own answer"})
+
+    c = TestClient(RequestGuard(app, max_body_bytes=1000), raise_server_exceptions=False)  # no lifespan
+    assert c.post("/", content=(b"x" * 300 for _ in range(3))).status_code == 200  # 900 bytes, chunked
+    assert c.post("/", content=b"x" * 5000).status_code == 413  # declared
+    r = c.post("/", content=(b"x" * 300 for _ in range(10)))  # 3000 bytes, chunked
+    assert r.status_code == 413 and "limit of 1,000 bytes" in r.json()["detail"]

@@ -564,14 +564,18 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
 LABEL_MAP_SUFFIXES = ("_gt", "_scribble")
 
 
-def expand_inputs(inputs: list[str | os.PathLike]) -> list[Path]:
+def expand_inputs(inputs: list[str | os.PathLike], block_formats: bool = False) -> list[Path]:
     """Files stay files; folders expand to the images inside them, skipping label maps
-    (NAME_gt.*, NAME_scribble.*) that sit beside their images."""
+    (NAME_gt.*, NAME_scribble.*) that sit beside their images. ``block_formats``: also the
+    arrays block-wise runs read (``*.zarr`` folders, ``.npy`` files)."""
     out: list[Path] = []
     for item in inputs:
         p = Path(item)
-        if p.is_dir():
-            out.extend(f for f in list_images(p) if not f.stem.endswith(LABEL_MAP_SUFFIXES))
+        if p.is_dir() and not (block_formats and p.suffix == ".zarr"):
+            found = list_images(p)
+            if block_formats:
+                found = sorted(found + [f for f in p.iterdir() if f.suffix in (".zarr", ".npy")])
+            out.extend(f for f in found if not f.name.split(".")[0].endswith(LABEL_MAP_SUFFIXES))
         else:
             out.append(p)
     return out

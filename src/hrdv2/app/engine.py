@@ -96,7 +96,10 @@ class Engine:
                 if key in self._mem:
                     return self._mem[key]
             try:
-                feats = self.cache.get_or_compute(self.store.pixels(image), config, progress=progress)
+                from hrdv2.engine import compute_features
+
+                pixels = self.store.pixels(image)
+                feats = self.cache.get_or_compute(pixels, config, lambda: compute_features(pixels, config, progress))
             except WeightsUnavailableError as exc:
                 _FAILED_LOADS[settings.backbone] = str(exc)
                 raise

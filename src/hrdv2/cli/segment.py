@@ -146,46 +146,51 @@ def _predict_bytes(seg, shape: tuple[int, ...]) -> int:
 @click.argument("model", type=click.Path(path_type=Path))
 @click.argument("inputs", nargs=-1, required=True, type=click.Path(path_type=Path))
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path), help="Output folder.")
-@click.option("--format", "fmt", type=click.Choice(["png", "tif"]), default="png", show_default=True,
-              help="Label image type for single images (stacks are always written as multi-page TIFF).")
+@click.option("--format", "fmt", type=click.Choice(["png", "tif", "ome-zarr", "bigtiff"]), default="png",
+              show_default=True,
+              help="png/tif: whole label images (stacks: multi-page TIFF); ome-zarr/bigtiff: block-wise, any size, "
+                   "with a multiscale pyramid (NAME_labels.ome.zarr / NAME_labels.ome.tif).")
+@click.option("--block-size", type=click.IntRange(16), default=None,
+              help="Process in blocks of this many px per side (bounded memory; default with ome-zarr/bigtiff: 1024 "
+                   "for classical features, 512 for deep).")
+@click.option("--tile", type=click.IntRange(28), default=448, show_default=True,
+              help="Deep features block-wise: ViT tile side in px (tiles overlap by 1/8 and are blended).")
 @click.option("--proba/--no-proba", default=False, help="Also write float32 probability maps (STEM_proba.tif).")
 @click.option("--crf/--no-crf", default=None, help="Override the model's CRF setting.")
-def apply(model, inputs, out_dir, fmt, proba, crf) -> None:
+def apply(model, inputs, out_dir, fmt, block_size, tile, proba, crf) -> None:
     """Segment files, folders and multi-page TIFF stacks with a trained MODEL.
 
     A file that cannot be read or segmented is reported and skipped; the others are still
-    written, with their phase fractions, and the command exits 1 at the end."""
-    from hrdv2.io import expand_inputs, read_stack, require_memory, write_image, write_text_atomic
+    written, with their phase fractions, and the command exits 1 at the end. Block-wise runs
+    (--format ome-zarr/bigtiff, or --block-size) read tiled TIFF, zarr and .npy inputs region by
+    region, and an interrupted run resumes where it stopped."""
+    from hrdv2.io import expand_inputs, write_text_atomic
     from hrdv2.segmentation import Segmenter
 
     check_outputs(folders=(out_dir,))
     seg = Segmenter.load(model)
     if crf is not None:
         seg.crf = crf
-    files = expand_inputs(list(inputs))
+    blockwise = fmt in ("ome-zarr", "bigtiff") or block_size is not None
+    if blockwise and seg.crf:
+        raise HRDv2Error("the dense CRF needs whole images: block-wise apply (--format ome-zarr/bigtiff or "
+                         "--block-size) runs without it; add --no-crf, or use --format png/tif without --block-size.")
+    if blockwise and proba and fmt in ("png", "tif"):
+        raise HRDv2Error("--proba with --block-size needs --format ome-zarr or bigtiff (probabilities of large "
+                         "images are written block by block).")
+    files = expand_inputs(list(inputs), block_formats=True) if blockwise else expand_inputs(list(inputs))
     if not files:
         raise HRDv2Error(f"no images found in {', '.join(map(str, inputs))}.")
     rows: list[list] = []
     run = FileRun()
+    model_key = _file_key(Path(model))
     for path in tqdm(files, desc="applying", unit="file", disable=None):
         with run.step(path):
-            pages = read_stack(path)
-            require_memory(_predict_bytes(seg, pages[0].shape), f"segmenting {path}")
-            labels, probs = [], []
-            for page in tqdm(pages, desc=path.name, unit="page", leave=False, disable=len(pages) < 2):
-                with _Progress(f"features {path.name}") as cb:
-                    p = seg.predict_proba(page, progress=cb)
-                labels.append(seg.classes_.astype(np.uint8)[np.argmax(p, axis=-1)])
-                if proba:
-                    probs.append(p)
-            multi = len(pages) > 1
-            write_image(out_dir / _out_name(path, multi, "." + fmt), np.stack(labels) if multi else labels[0],
-                        pages=multi)
-            if proba:
-                write_image(out_dir / f"{path.stem}_proba.tif", np.stack(probs) if multi else probs[0], pages=multi)
-            for i, lab in enumerate(labels):
-                counts = np.bincount(lab.ravel(), minlength=int(seg.classes_.max()) + 1)
-                rows.append([str(path), i] + [counts[c] / lab.size for c in seg.classes_])
+            if blockwise:
+                fractions = _apply_blockwise(seg, path, out_dir, fmt, block_size, tile, proba, model_key)
+            else:
+                fractions = _apply_whole(seg, path, out_dir, fmt, proba)
+            rows.extend([str(path), i] + list(f) for i, f in enumerate(fractions))
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(["file", "page"] + [seg.class_names[c - 1] if c - 1 < len(seg.class_names) else f"class {c}"
@@ -196,6 +201,82 @@ def apply(model, inputs, out_dir, fmt, proba, crf) -> None:
         write_text_atomic(out_dir / "phase_fractions.csv", buf.getvalue())
     click.echo(f"segmented {run.done} of {len(files)} file(s) into {out_dir}")
     run.finish(len(files))
+
+
+def _fractions(seg, counts: np.ndarray) -> list[float]:
+    total = max(int(counts.sum()), 1)
+    return [counts[c] / total for c in seg.classes_]
+
+
+def _apply_whole(seg, path: Path, out_dir: Path, fmt: str, proba: bool) -> list[list[float]]:
+    """Segment every page of ``path`` in memory; returns the phase fractions per page."""
+    from hrdv2.io import read_stack, require_memory, write_image
+
+    pages = read_stack(path)
+    require_memory(_predict_bytes(seg, pages[0].shape), f"segmenting {path} whole (use --format ome-zarr or "
+                   "--block-size to segment it block by block)")
+    labels, probs = [], []
+    for page in tqdm(pages, desc=path.name, unit="page", leave=False, disable=len(pages) < 2):
+        with _Progress(f"features {path.name}") as cb:
+            p = seg.predict_proba(page, progress=cb)
+        labels.append(seg.classes_.astype(np.uint8)[np.argmax(p, axis=-1)])
+        if proba:
+            probs.append(p)
+    multi = len(pages) > 1
+    write_image(out_dir / _out_name(path, multi, "." + fmt), np.stack(labels) if multi else labels[0], pages=multi)
+    if proba:
+        write_image(out_dir / f"{path.stem}_proba.tif", np.stack(probs) if multi else probs[0], pages=multi)
+    size = int(seg.classes_.max()) + 1
+    return [_fractions(seg, np.bincount(lab.ravel(), minlength=size)) for lab in labels]
+
+
+def _apply_blockwise(seg, path: Path, out_dir: Path, fmt: str, block_size: int | None, tile: int, proba: bool,
+                     model_key: str) -> list[list[float]]:
+    """Segment ``path`` block by block into an OME-Zarr / BigTIFF (or, with --block-size and png/tif,
+    into memory, then one file); returns the phase fractions per page."""
+    from hrdv2.blocks import open_array
+    from hrdv2.io import write_image
+    from hrdv2.segmentation.blockwise import label_writer, segment_blockwise
+
+    lazy = open_array(path)
+    key = f"{model_key}|{_file_key(path)}|{block_size}|{tile}"
+    stem = path.name.split(".")[0]
+    suffix = {"ome-zarr": ".ome.zarr", "bigtiff": ".ome.tif"}.get(fmt)
+    with tqdm(desc=path.name, unit="block", leave=False, disable=None) as bar:
+        if suffix is not None:
+            target = segment_blockwise(seg, lazy, label_writer(fmt, out_dir / f"{stem}_labels{suffix}", key),
+                                       block_size=block_size, tile=tile, overlap=tile // 8, progress=bar)
+            if proba:
+                segment_blockwise(seg, lazy, label_writer(fmt, out_dir / f"{stem}_proba{suffix}", key,
+                                                          len(seg.classes_), proba=True),
+                                  block_size=block_size, tile=tile, overlap=tile // 8, proba=True)
+            labels = open_array(target)
+        else:
+            labels = segment_blockwise(seg, lazy, block_size=block_size, tile=tile, overlap=tile // 8, progress=bar)
+            multi = labels.ndim == 3
+            write_image(out_dir / _out_name(path, multi, "." + fmt), labels, pages=multi)
+    return _label_fractions(seg, labels)
+
+
+def _label_fractions(seg, labels) -> list[list[float]]:
+    """Phase fractions per page of a label image or stack, read page by page, band by band."""
+    size = int(seg.classes_.max()) + 1
+    shape = labels.shape
+    pages = shape[0] if len(shape) == 3 else 1
+    out = []
+    for z in range(pages):
+        counts = np.zeros(size, np.int64)
+        for y in range(0, shape[-2], 4096):
+            band = labels[z, y:y + 4096] if len(shape) == 3 else labels[y:y + 4096]
+            counts += np.bincount(np.asarray(band).ravel(), minlength=size)[:size]
+        out.append(_fractions(seg, counts))
+    return out
+
+
+def _file_key(path: Path) -> str:
+    """Identity of an input for resuming: name, size and modification time."""
+    st = path.stat()
+    return f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}"
 
 
 @click.command()

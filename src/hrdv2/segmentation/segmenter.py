@@ -245,17 +245,24 @@ class Segmenter:
         feats = features if features is not None else self.featurise(image, progress=progress)
         self._check_features(feats, image)
         h, w = image.shape[:2]
-        flat = feats.reshape(-1, feats.shape[-1])
-        out = np.empty((h * w, len(self.classes_)), np.float32)
-        with self._threads():
-            for s in range(0, h * w, PREDICT_CHUNK):
-                out[s : s + PREDICT_CHUNK] = self.model_.predict_proba(self._rows(flat[s : s + PREDICT_CHUNK]))
-        probs = out.reshape(h, w, -1)
+        probs = self.predict_proba_features(feats.reshape(-1, feats.shape[-1])).reshape(h, w, -1)
         if self.crf:
             from hrdv2.crf import dense_crf
 
             probs = dense_crf(image, probs, **self.crf_params)
         return probs
+
+    def predict_proba_features(self, flat: np.ndarray) -> np.ndarray:
+        """(N, K) float32 class probabilities of (N, F) feature rows (as ``featurise`` makes them);
+        the block-wise apply classifies each block's features with it."""
+        self._check_fitted()
+        if flat.ndim != 2 or flat.shape[1] != self.n_features_in_:
+            raise ShapeError(f"feature rows of shape {flat.shape}; the model needs (N, {self.n_features_in_}).")
+        out = np.empty((flat.shape[0], len(self.classes_)), np.float32)
+        with self._threads():
+            for s in range(0, flat.shape[0], PREDICT_CHUNK):
+                out[s : s + PREDICT_CHUNK] = self.model_.predict_proba(self._rows(flat[s : s + PREDICT_CHUNK]))
+        return out
 
     def predict(self, image: np.ndarray, features: np.ndarray | None = None, progress: Progress = None) -> np.ndarray:
         """(H, W) uint8 label map with the trained class ids."""

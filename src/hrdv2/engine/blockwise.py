@@ -1,0 +1,151 @@
+"""The engine's block-wise side: features of one block of a large image or stack.
+
+:class:`BlockFeatures` plans blocks over a lazy image ``(Y, X[, C])`` or stack ``(Z, Y, X[, C])``
+(pages are featurised one by one, as whole-image runs do) and computes any block's features:
+
+* classical: the block's read window (write window + a halo that covers every filter's support,
+  origins aligned to the filters' pyramid) normalised with the *whole page's* statistics, then
+  cropped: equal to whole-image features to float precision;
+* deep: blended tiles on a global grid (:mod:`hrdv2.engine.tiling`): equal to a whole-image
+  tiled run, without seams between blocks;
+* hybrid is refused: it standardises each block over the whole image (not block-wise yet).
+
+Memory is one block (plus, for deep features, one tile) in flight, whatever the image size.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from hrdv2.blocks import DEFAULT_BLOCK_SIZE, Block, BlockPlan, LazyArray, plan_blocks
+from hrdv2.engine.core import FeatureEngine
+from hrdv2.engine.tiling import DEFAULT_OVERLAP, DEFAULT_TILE, TileGrid, blended_features
+from hrdv2.errors import ConfigError, ShapeError
+from hrdv2.features.blockwise import Normalisation, image_normalisation, normalise_block
+from hrdv2.features.classical import classical_alignment, classical_features, classical_halo, feature_names
+
+
+class PageView:
+    """One page of a lazy stack, itself sliceable like a 2-D :class:`LazyArray`."""
+
+    def __init__(self, source: LazyArray, z: int):
+        self.source, self.z = source, z
+        self.shape = source.shape[1:]
+        self.dtype = source.dtype
+        self.has_channels = source.has_channels
+        self.name = f"{source.name} page {z}"
+
+    @property
+    def spatial_shape(self) -> tuple[int, ...]:
+        return self.shape[:-1] if self.has_channels else self.shape
+
+    @property
+    def channels(self) -> int | None:
+        return self.shape[-1] if self.has_channels else None
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        key = key if isinstance(key, tuple) else (key,)
+        return self.source[(self.z,) + key]
+
+
+class BlockFeatures:
+    """Block plan + per-block features of ``engine``'s config over ``source``.
+
+    ``block_size``: write-window side in px; ``tile`` / ``overlap``: the deep features' tile grid.
+    Call ``features(data, block)`` with ``data = source[block.read]``: it returns the block's
+    write-window features ``(1, h, w, F)`` for a stack, ``(h, w, F)`` for an image.
+    """
+
+    def __init__(self, engine: FeatureEngine, source: LazyArray, block_size: int = DEFAULT_BLOCK_SIZE,
+                 tile: int = DEFAULT_TILE, overlap: int = DEFAULT_OVERLAP):
+        config = engine.config
+        if config.kind == "hybrid":
+            raise ConfigError("hybrid features are standardised over the whole image, so they cannot be computed "
+                              "block-wise yet; use classical or deep features for large images, or a whole-image run.")
+        if config.uses_deep and config.pca_components:
+            raise ConfigError("a per-image PCA (pca_components) needs the whole image; block-wise deep features are "
+                              "written uncompressed (a Segmenter's learnt PCA still applies).")
+        spatial = source.spatial_shape
+        if len(spatial) not in (2, 3):
+            raise ShapeError(f"{source.name}: expected an image (Y, X) or a stack (Z, Y, X), got spatial shape {spatial}.")
+        if source.channels not in (None, 3):
+            raise ShapeError(f"{source.name}: {source.channels} channels; hrdv2 reads grey or RGB images.")
+        self.engine, self.source = engine, source
+        self.stacked = len(spatial) == 3
+        self.page_shape = tuple(spatial[-2:])
+        if config.uses_deep:
+            self.grid = TileGrid(self.page_shape, tile, overlap)
+            halo, align = min(tile, max(self.page_shape)), 1
+        else:
+            self.grid = None
+            halo, align = classical_halo(config.sigmas, config.filters), classical_alignment(config.sigmas)
+        lead = (1,) if self.stacked else ()
+        zero = (0,) if self.stacked else ()
+        self.plan: BlockPlan = plan_blocks(spatial, lead + (int(block_size),) * 2, halo=zero + (halo, halo),
+                                           alignment=lead + (align, align))
+        self._norms: dict[int, Normalisation] = {}
+
+    @property
+    def n_features(self) -> int:
+        config = self.engine.config
+        if config.uses_deep:
+            return int(self.engine.backbone.embed_dim)
+        return len(feature_names(self.source.channels or 1, config.sigmas, config.filters))
+
+    def page(self, z: int) -> Any:
+        return PageView(self.source, z) if self.stacked else self.source
+
+    def normalisation(self, z: int) -> Normalisation:
+        """Whole-page intensity statistics (computed once per page, by a block-wise pass)."""
+        if z not in self._norms:
+            self._norms[z] = image_normalisation(self.page(z), self.engine.config.normalise)
+        return self._norms[z]
+
+    def _check_finite(self, x: np.ndarray) -> None:
+        if x.dtype.kind == "f" and not np.all(np.isfinite(x)):
+            raise ShapeError(f"{self.source.name}: holds NaN/inf values, which would make every feature NaN; "
+                             "replace them (e.g. with the image minimum) first.")
+
+    def features(self, data: np.ndarray, block: Block) -> np.ndarray:
+        """The write-window features of ``block`` from its read-window pixels ``data``."""
+        z = block.write[0].start if self.stacked else 0
+        page = data[0] if self.stacked else data
+        self._check_finite(page)
+        x = normalise_block(page, self.normalisation(z))
+        if x.ndim == 3 and x.shape[-1] == 1:
+            x = x[..., 0]
+        read, write = block.read[-2:], block.write[-2:]
+        config = self.engine.config
+        if config.uses_deep:
+            feats = blended_features(x, (read[0].start, read[1].start), write, self.grid,
+                                     lambda t: self.engine.deep_features(t))
+        else:
+            crop = block.crop[-2:]
+            feats = classical_features(x, config.sigmas, config.filters)[crop]
+        return feats[None] if self.stacked else feats
+
+
+def tiled_features(engine: FeatureEngine, image: np.ndarray, tile: int = DEFAULT_TILE,
+                   overlap: int = DEFAULT_OVERLAP) -> np.ndarray:
+    """Whole-image deep features computed tile by tile (what every block-wise run reproduces)."""
+    from hrdv2.blocks import as_lazy
+
+    bf = BlockFeatures(engine, as_lazy(image), block_size=max(image.shape[:2]), tile=tile, overlap=overlap)
+    block = bf.plan[0]
+    return bf.features(image[block.read], block)
+
+
+def block_sizes_for(kind: str, requested: int | None) -> int:
+    """The default block side per feature kind: deep features are ~100x wider than classical."""
+    if requested is not None:
+        return int(requested)
+    return DEFAULT_BLOCK_SIZE if kind == "classical" else 512
+
+
+__all__: Sequence[str] = ["BlockFeatures", "PageView", "tiled_features", "block_sizes_for"]

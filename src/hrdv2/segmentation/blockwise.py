@@ -1,0 +1,78 @@
+"""Apply a trained :class:`Segmenter` block by block: any image or stack size in bounded memory.
+
+Each block's features come from the model's own feature engine (:class:`hrdv2.engine.
+BlockFeatures`), are classified at once and dropped; only the labels (or probabilities) of the
+block are written, straight into an OME-Zarr / BigTIFF writer (or memory). With classical
+features the labels equal a whole-image run's exactly. An interrupted run resumes: blocks
+already written are skipped.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from hrdv2.blocks import ArrayWriter, BigTiffWriter, BlockWriter, LazyArray, OmeZarrWriter, as_lazy, map_blocks, open_array
+from hrdv2.engine.blockwise import BlockFeatures, block_sizes_for
+from hrdv2.engine.tiling import DEFAULT_OVERLAP, DEFAULT_TILE
+from hrdv2.errors import ConfigError, ShapeError
+
+BLOCK_FORMATS = ("ome-zarr", "bigtiff")
+
+
+def label_writer(fmt: str, target: str | Path, key: str, channels: int | None = None, proba: bool = False) -> BlockWriter:
+    """The writer of labels (uint8, mode pyramid) or probabilities (float32, mean pyramid)."""
+    dtype, kind = (np.float32, "intensity") if proba else (np.uint8, "labels")
+    if fmt == "ome-zarr":
+        return OmeZarrWriter(target, dtype, channels, kind=kind, key=key)
+    if fmt == "bigtiff":
+        return BigTiffWriter(target, dtype, channels, kind=kind, key=key)
+    raise ConfigError(f"block-wise output format {fmt!r} is unknown; use one of {list(BLOCK_FORMATS)}.")
+
+
+def segment_blockwise(
+    seg: Any,
+    source: str | Path | LazyArray | np.ndarray,
+    writer: BlockWriter | None = None,
+    *,
+    block_size: int | None = None,
+    tile: int = DEFAULT_TILE,
+    overlap: int = DEFAULT_OVERLAP,
+    proba: bool = False,
+    progress: Any = None,
+    resume: bool = True,
+) -> Any:
+    """Labels (uint8 class ids; ``proba=True``: float32 class probabilities, channel-last) of an
+    image ``(Y, X[, C])`` or stack ``(Z, Y, X[, C])``, block by block.
+
+    ``writer`` receives each block (default: an in-memory array, returned). Returns
+    ``writer.finish()``: the output path for disk writers.
+    """
+    seg._check_fitted()
+    if seg.crf:
+        raise ConfigError("the dense CRF needs the whole image at once, so it cannot run block-wise; apply with "
+                          "--no-crf (or segment images that fit in memory whole).")
+    lazy = open_array(source) if isinstance(source, (str, Path)) else as_lazy(source)
+    channels = lazy.channels or 1
+    if channels != seg.n_channels_:
+        raise ShapeError(f"{lazy.name}: the model was trained on {seg.n_channels_}-channel images but this one has "
+                         f"{channels}; convert it, or train a model on images like it.")
+    bf = BlockFeatures(seg.engine, lazy, block_size_for(seg, block_size), tile=tile, overlap=overlap)
+    classes = seg.classes_.astype(np.uint8)
+
+    def func(data: np.ndarray, block) -> np.ndarray:
+        feats = bf.features(data, block)
+        probs = seg.predict_proba_features(feats.reshape(-1, feats.shape[-1]))
+        if proba:
+            return probs.reshape(feats.shape[:-1] + (probs.shape[-1],))
+        return classes[np.argmax(probs, axis=-1)].reshape(feats.shape[:-1])
+
+    if writer is None:
+        writer = ArrayWriter(np.float32 if proba else np.uint8, len(classes) if proba else None)
+    return map_blocks(lazy, bf.plan, func, writer, progress=progress, resume=resume)
+
+
+def block_size_for(seg: Any, requested: int | None) -> int:
+    return block_sizes_for(seg.features.kind, requested)

@@ -1,0 +1,157 @@
+"""Block-wise featurisation and apply through the feature engine: equal to whole-image runs
+(classical: identical labels; deep: identical to a whole-image *tiled* run, with its cosine to
+untiled features reported by benchmarks/blockwise.py), stacks page by page, OME-Zarr / BigTIFF
+outputs readable by independent readers, resumable, with clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import zarr
+from click.testing import CliRunner
+
+from hrdv2.blocks import ArrayWriter, as_lazy, map_blocks
+from hrdv2.cli.main import cli
+from hrdv2.engine import FeatureEngine
+from hrdv2.engine.blockwise import BlockFeatures, tiled_features
+from hrdv2.engine.tiling import TileGrid, tile_starts
+from hrdv2.errors import ConfigError, ShapeError
+from hrdv2.features.sets import FeatureConfig
+from hrdv2.io import read_image, read_labels
+from hrdv2.segmentation import Segmenter
+from hrdv2.segmentation.blockwise import segment_blockwise
+
+
+@pytest.fixture(scope="module")
+def alloy(shared_data):
+    sa = shared_data / "superalloy"
+    return read_image(sa / "isb_0.png"), read_labels(sa / "isb_0_scribble.png")
+
+
+@pytest.fixture(scope="module")
+def classical_model(alloy):
+    image, scribble = alloy
+    return Segmenter("classical").fit([image], [scribble])
+
+
+@pytest.mark.parametrize("block", [16, 100, 333])
+def test_classical_blockwise_labels_equal_whole_image(alloy, classical_model, block):
+    image = alloy[0][:260, :301]  # not a multiple of any block size; 16 < halo (96)
+    whole = classical_model.predict(image)
+    np.testing.assert_array_equal(segment_blockwise(classical_model, image, block_size=block), whole)
+
+
+def test_stack_is_segmented_page_by_page(alloy, classical_model):
+    image = alloy[0][:150, :170]
+    stack = np.stack([image, image[::-1], 255 - image])
+    out = segment_blockwise(classical_model, stack, block_size=64)
+    assert out.shape == stack.shape and out.dtype == np.uint8
+    for page, lab in zip(stack, out):  # each page normalised and featurised on its own, as apply does
+        np.testing.assert_array_equal(lab, classical_model.predict(page))
+
+
+def test_tile_grid_covers_every_pixel_with_positive_weights():
+    grid = TileGrid((300, 130), tile=112, overlap=14)
+    w = np.zeros((300, 130))
+    for rows, cols, weight in grid.tiles_touching((slice(0, 300), slice(0, 130))):
+        assert weight.shape == (rows.stop - rows.start, cols.stop - cols.start) and weight.min() > 0
+        w[rows, cols] += weight
+    assert w.min() > 0
+    assert tile_starts(300, 112, 14)[-1] == 300 - 112 and tile_starts(50, 112, 14) == [0]
+    with pytest.raises(ConfigError, match="overlap"):
+        TileGrid((100, 100), tile=20, overlap=14)
+
+
+def test_deep_blockwise_equals_whole_image_tiled_run(tiny_backbone):
+    from hrdv2.engine import BackboneCache
+
+    cache = BackboneCache()
+    cache._loaded[("dinov2_vits14", "random", "cpu")] = tiny_backbone  # the session's random-weight ViT
+    engine = FeatureEngine(FeatureConfig(kind="deep", weights="random", shifts=()), backbones=cache)
+    rng = np.random.default_rng(0)
+    image = (rng.random((90, 118)) * 255).astype(np.uint8)
+    tiled = tiled_features(engine, image, tile=56, overlap=14)
+    bf = BlockFeatures(engine, as_lazy(image), block_size=32, tile=56, overlap=14)
+    blocks = map_blocks(as_lazy(image), bf.plan, bf.features, ArrayWriter(np.float32, bf.n_features))
+    assert blocks.shape == (90, 118, 384)
+    np.testing.assert_allclose(blocks, tiled, atol=1e-5, rtol=0)  # no seams between blocks
+    # one tile covering the whole image is the whole-image run itself
+    np.testing.assert_allclose(tiled_features(engine, image, tile=140, overlap=14), engine.compute(image),
+                               atol=1e-4, rtol=0)
+
+
+def test_blockwise_refusals(alloy, classical_model):
+    image = alloy[0][:64, :64]
+    with pytest.raises(ConfigError, match="block size 8"):
+        segment_blockwise(classical_model, image, block_size=8)
+    with pytest.raises(ShapeError, match="3"):
+        segment_blockwise(classical_model, np.dstack([image] * 3), block_size=32)
+    hybrid = FeatureEngine(FeatureConfig(kind="hybrid"))
+    with pytest.raises(ConfigError, match="hybrid"):
+        BlockFeatures(hybrid, as_lazy(image))
+    crf = Segmenter("classical", crf=True).fit([alloy[0]], [alloy[1]])
+    with pytest.raises(ConfigError, match="CRF"):
+        segment_blockwise(crf, image)
+
+
+def _run(*args) -> tuple[int, str]:
+    r = CliRunner().invoke(cli, [str(a) for a in args])
+    assert r.exception is None or isinstance(r.exception, SystemExit), r.exception
+    return r.exit_code, r.output
+
+
+def test_apply_cli_blockwise_ome_zarr_bigtiff_and_resume(alloy, classical_model, tmp_path):
+    image = np.tile(alloy[0], (2, 2))[:900, :1000]
+    tifffile.imwrite(tmp_path / "big.tif", image, tile=(128, 128))
+    model = classical_model.save(tmp_path / "m.skops")
+    whole = classical_model.predict(image)
+    code, text = _run("apply", model, tmp_path / "big.tif", "--out", tmp_path / "z", "--format", "ome-zarr",
+                      "--block-size", "256")
+    assert code == 0, text
+    store = tmp_path / "z" / "big_labels.ome.zarr"
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Reader
+
+    node = next(iter(Reader(parse_url(str(store)))()))
+    level0 = np.asarray(node.data[0])
+    assert level0.dtype == np.uint8 and len(node.data) >= 2  # a pyramid for viewers
+    np.testing.assert_array_equal(level0.reshape(whole.shape), whole)
+    assert zarr.open_group(str(store), mode="r")["0"].chunks[-2:] == (256, 256)
+
+    code, text = _run("apply", model, tmp_path / "big.tif", "--out", tmp_path / "t", "--format", "bigtiff",
+                      "--block-size", "256")
+    assert code == 0, text
+    with tifffile.TiffFile(tmp_path / "t" / "big_labels.ome.tif") as tif:
+        assert tif.is_bigtiff and tif.pages[0].is_tiled
+        np.testing.assert_array_equal(tif.pages[0].asarray(), whole)
+    fractions = (tmp_path / "t" / "phase_fractions.csv").read_text().splitlines()[1].split(",")[2:]
+    counts = np.bincount(whole.ravel(), minlength=4)[1:] / whole.size
+    np.testing.assert_allclose([float(v) for v in fractions], counts, atol=1e-6)
+
+
+def test_interrupted_blockwise_apply_resumes(alloy, classical_model, tmp_path, monkeypatch):
+    from hrdv2.segmentation import blockwise as bw_mod
+    from hrdv2.segmentation.blockwise import label_writer
+
+    image = alloy[0][:200, :220]
+    calls = {"n": 0}
+    original = bw_mod.BlockFeatures.features
+
+    def flaky(self, data, block):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise KeyboardInterrupt  # the user pressed ctrl-C in the middle
+        return original(self, data, block)
+
+    monkeypatch.setattr(bw_mod.BlockFeatures, "features", flaky)
+    target = tmp_path / "x.ome.zarr"
+    with pytest.raises(KeyboardInterrupt):
+        segment_blockwise(classical_model, image, label_writer("ome-zarr", target, "k"), block_size=64)
+    assert not target.exists()  # nothing half-written at the target
+    calls["n"] = 10
+    segment_blockwise(classical_model, image, label_writer("ome-zarr", target, "k"), block_size=64)
+    assert calls["n"] == 10 + 16 - 2  # 4x4 blocks, the 2 finished before the interrupt were skipped
+    np.testing.assert_array_equal(np.asarray(zarr.open_group(str(target), mode="r")["0"]), classical_model.predict(image))
