@@ -155,3 +155,41 @@ def test_interrupted_blockwise_apply_resumes(alloy, classical_model, tmp_path, m
     segment_blockwise(classical_model, image, label_writer("ome-zarr", target, "k"), block_size=64)
     assert calls["n"] == 10 + 16 - 2  # 4x4 blocks, the 2 finished before the interrupt were skipped
     np.testing.assert_array_equal(np.asarray(zarr.open_group(str(target), mode="r")["0"]), classical_model.predict(image))
+
+
+def test_volume_mode_trains_on_two_slices_and_applies_by_bricks(shared_data, tmp_path):
+    """3-D filters: a model trained on two labelled slices of the ISBI stack segments the volume;
+    bricks of any size give the same labels, and a slice's training features equal the bricks'."""
+    from hrdv2.blocks import ArrayWriter
+    from hrdv2.metrics.segmentation import compact_confusion, mean_iou
+
+    d = shared_data / "isbi2012"
+    vol = np.stack([read_image(d / f"isbi_{i:02d}.png")[:96, :112] for i in range(10)])
+    gt = np.stack([read_labels(d / f"isbi_{i:02d}_gt.png")[:96, :112] for i in range(10)])
+    lab = np.zeros_like(gt)
+    rng = np.random.default_rng(0)
+    for z in (2, 7):
+        keep = rng.random(gt[z].shape) < 0.05
+        lab[z][keep] = gt[z][keep]
+    tifffile.imwrite(tmp_path / "vol.tif", vol, photometric="minisblack")
+    tifffile.imwrite(tmp_path / "lab.tif", lab, photometric="minisblack")
+    code, text = _run("train", "--image", tmp_path / "vol.tif", "--scribble", tmp_path / "lab.tif", "--volume",
+                      "--spacing", "12.5,1,1", "--sigmas", "1,2,4", "--out", tmp_path / "v.skops")
+    assert code == 0 and "2 slice(s)" in text, text
+    seg = Segmenter.load(tmp_path / "v.skops")
+    assert seg.features.volume and seg.features.spacing == (12.5, 1.0, 1.0)
+    a = segment_blockwise(seg, vol, block_size=16)  # bricks smaller than the halo
+    b = segment_blockwise(seg, vol, block_size=64)
+    np.testing.assert_array_equal(a, b)
+    ids, cm = compact_confusion(list(zip(a, gt)))
+    assert mean_iou(cm) > 0.6, mean_iou(cm)  # membranes vs cells from 5 % of two slices
+    bf = BlockFeatures(seg.engine, as_lazy(vol), block_size=32)
+    whole = map_blocks(as_lazy(vol), bf.plan, bf.features, ArrayWriter(np.float32, bf.n_features))
+    np.testing.assert_allclose(bf.slice_features(7, block_size=40), whole[7], atol=1e-5, rtol=0)
+    code, text = _run("apply", tmp_path / "v.skops", tmp_path / "vol.tif", "--out", tmp_path / "o", "--format", "tif")
+    assert code == 0, text
+    np.testing.assert_array_equal(tifffile.imread(tmp_path / "o" / "vol_labels.tif"), a)
+    with pytest.raises(ConfigError, match="spacing"):
+        FeatureConfig(volume=True, spacing=(1, 0, 1))
+    with pytest.raises(ConfigError, match="volume mode"):
+        seg.engine.compute(vol[0])

@@ -123,7 +123,7 @@ def test_host_to_device_traffic_does_not_grow_with_the_transforms(meta_backbone)
         fz = HighResFeaturizer(meta_backbone, stride=7, transforms=tfs, batch_size=34, return_device=None)
         _, ops = run_logged(lambda: fz(IMAGE))
         counts.append(len(h2d(ops)))
-    assert counts[0] == counts[1]
+    assert counts[0] == counts[1] >= 1  # at least the image crosses
 
 
 def test_results_cross_to_the_cpu_once_at_the_end(meta_backbone):
@@ -150,16 +150,15 @@ def test_baselines_compute_on_the_backbone_device(meta_backbone, mode):
     assert_no_op_mixes_devices(ops)
 
 
-def test_low_precision_compute_returns_float32_cpu_results(tiny_backbone):
+def test_float16_compute_returns_float32_cpu_results(tiny_backbone):
+    """float16 compute, float32 accumulation and results (bfloat16: tests/test_upsample.py)."""
     image = IMAGE[:28, :28]
-    tfs = flips()
-    ref = HighResFeaturizer(tiny_backbone, transforms=tfs)(image)
-    for dtype in ("float16",):  # bfloat16: tests/test_upsample.py
-        res = HighResFeaturizer(tiny_backbone, transforms=tfs, dtype=dtype, batch_size=8)(image)
-        assert res.features.dtype == torch.float32 and res.features.device == CPU
-        assert res.attention.dtype == torch.float32 and res.info["device"] == "cpu"
-        cos = torch.nn.functional.cosine_similarity(ref.features.reshape(384, -1), res.features.reshape(384, -1), dim=0)
-        assert cos.mean() > 0.99
+    ref = HighResFeaturizer(tiny_backbone, transforms=flips())(image)
+    res = HighResFeaturizer(tiny_backbone, transforms=flips(), dtype="float16", batch_size=8)(image)
+    assert res.features.dtype == torch.float32 and res.features.device == CPU
+    assert res.attention.dtype == torch.float32 and res.info["device"] == "cpu"
+    cos = torch.nn.functional.cosine_similarity(ref.features.reshape(384, -1), res.features.reshape(384, -1), dim=0)
+    assert cos.mean() > 0.99
 
 
 def test_backbone_device_follows_its_weights(tiny_backbone):

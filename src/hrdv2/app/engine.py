@@ -205,7 +205,11 @@ class Engine:
         )
         seg.fit(images, scribbles, feats)
         job.report(len(todo) / n + 0.5 / n, stage="saving model")
-        version = self.store.bump_model_version(project_id, has_model=True)
+        with self._predictions_lock:  # a class deleted meanwhile shifted the values this model learnt
+            now = [c["id"] for c in self.store.list_classes(project_id)]
+            if now[:len(classes)] != [c["id"] for c in classes]:
+                raise HRDv2Error("a class was deleted while training; press Train again.")
+            version = self.store.bump_model_version(project_id, has_model=True)
         self._models[project_id] = (version, seg)
         self._save_in_background(project_id, version, seg)
         note = None

@@ -27,10 +27,13 @@ import numpy as np
 
 # row-span intervals always drawn exactly (about 0.15 s)
 EXACT_PAIRS = 1 << 20
-# work units (a row-span interval, a window pixel, a polyline sample: 50-150 ns each) per stroke
-MAX_STROKE_WORK = 10_000_000
-_CHUNK = 1 << 19  # intervals / polyline samples handled per numpy pass (bounds memory)
+# work units (about 50 ns each on one core: a pixel of the dilation's window; a row-span interval
+# costs 3, a pixel of its bounding box 1/4, a polyline sample 2/3) one stroke may cost: about 1 s
+MAX_STROKE_WORK = 20_000_000
+_CHUNK = 1 << 14  # intervals / samples per numpy pass: arrays that stay in cache (3x faster than 2^19)
 _STEP = 0.5  # polyline sampling step in pixels for the dilation
+_BAND_PIXELS = 1 << 22  # row spans are counted in bands of this many pixels (bounds memory)
+_FAR = 1e30  # "no chord": far beyond any coordinate a stroke may have (|x|, |y| <= 1e6)
 
 
 @dataclass(frozen=True)
@@ -40,7 +43,9 @@ class _Plan:
     pts: np.ndarray  # (n, 2) x, y; a single point is repeated so there is one segment
     radius: float
     pairs: int  # row spans: (segment, row) intervals inside the image
-    grid: tuple[int, int, int, int] | None  # dilation window r0, r1, c0, c1 (reaches past the image); None: paints nothing
+    span_area: int  # row spans: pixels of the image the capsules' bounding box covers
+    # dilation window r0, r1, c0, c1 (reaches past the image by up to the radius); None: paints nothing
+    grid: tuple[int, int, int, int] | None
     samples: int  # dilation: polyline samples inside the window
 
     @property
@@ -48,15 +53,19 @@ class _Plan:
         if self.grid is None:
             return 0
         r0, r1, c0, c1 = self.grid
-        return (r1 - r0) * (c1 - c0) + self.samples
+        return (r1 - r0) * (c1 - c0) + self.samples * 2 // 3
 
     @property
     def exact(self) -> bool:
-        return self.pairs <= EXACT_PAIRS or self.pairs <= self.dilation_work
+        return self.pairs <= EXACT_PAIRS or self.row_span_work <= self.dilation_work
+
+    @property
+    def row_span_work(self) -> int:
+        return 3 * self.pairs + self.span_area // 4
 
     @property
     def work(self) -> int:
-        return self.pairs if self.exact else self.dilation_work
+        return self.row_span_work if self.exact else self.dilation_work
 
 
 def _plan(points, radius: float, shape: tuple[int, int]) -> _Plan:
@@ -69,8 +78,11 @@ def _plan(points, radius: float, shape: tuple[int, int]) -> _Plan:
     j0, j1 = _row_range(p0, p1, r, h)
     live = _touches_columns(p0, p1, r, w) & (j1 > j0)
     if not live.any():
-        return _Plan(pts, r, 0, None, 0)
+        return _Plan(pts, r, 0, 0, None, 0)
     pairs = int((j1 - j0)[live].sum())
+    xs = np.concatenate([p0[live, 0], p1[live, 0]])
+    span_cols = min(math.ceil(xs.max() + r), w) - max(math.floor(xs.min() - r), 0)
+    span_area = (int(j1[live].max()) - int(j0[live].min())) * max(span_cols, 1)
     margin = math.ceil(r) + 1  # seeds further outside the image cannot reach it
     grid = (
         max(math.floor(pts[:, 1].min() - r), -margin), min(math.ceil(pts[:, 1].max() + r) + 1, h + margin),
@@ -78,7 +90,7 @@ def _plan(points, radius: float, shape: tuple[int, int]) -> _Plan:
     )
     _, _, lengths = _clip(p0, p1, grid)
     samples = int(np.ceil(lengths / _STEP).sum()) + len(lengths)
-    return _Plan(pts, r, pairs, grid, samples)
+    return _Plan(pts, r, pairs, span_area, grid, samples)
 
 
 def stroke_work(points, radius: float, shape: tuple[int, int]) -> int:
@@ -130,36 +142,34 @@ def _touches_columns(p0: np.ndarray, p1: np.ndarray, r: float, w: int) -> np.nda
     return (np.maximum(p0[:, 0], p1[:, 0]) + r >= 0.5) & (np.minimum(p0[:, 0], p1[:, 0]) - r <= w - 0.5)
 
 
-def _capsule_spans(p0: np.ndarray, p1: np.ndarray, r: float, yc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """[lo, hi] in x where the line y = yc meets each capsule (lo > hi: it does not).
+def _capsule_spans(x0, y0, x1, y1, ux, uy, length, r: float, yc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """[lo, hi] in x where the line y = yc meets each capsule (lo > hi: it does not); one entry
+    per (segment, row), with the segment's unit direction (ux, uy) and length given.
 
     The capsule is convex and the union of two end disks and a rectangle, so its chord is the
-    hull of theirs.
+    hull of theirs. Empty pieces are pushed to +-_FAR by arithmetic masks (np.where is slower).
     """
-    x0, y0, x1, y1 = p0[:, 0], p0[:, 1], p1[:, 0], p1[:, 1]
-    lo = np.full(len(yc), np.inf)
-    hi = np.full(len(yc), -np.inf)
+    lo = np.full(len(yc), _FAR)
+    hi = np.full(len(yc), -_FAR)
     for xa, ya in ((x0, y0), (x1, y1)):
         d2 = r * r - (yc - ya) ** 2
-        half = np.sqrt(np.maximum(d2, 0.0))
-        ok = d2 >= 0
-        lo = np.where(ok, np.minimum(lo, xa - half), lo)
-        hi = np.where(ok, np.maximum(hi, xa + half), hi)
-    dx, dy = x1 - x0, y1 - y0
-    length = np.hypot(dx, dy)
-    ux, uy = dx / np.where(length > 0, length, 1.0), dy / np.where(length > 0, length, 1.0)
+        half = np.sqrt(np.maximum(d2, 0.0)) - (d2 < 0) * _FAR  # a missed disk: an empty chord
+        np.minimum(lo, xa - half, out=lo)
+        np.maximum(hi, xa + half, out=hi)
     ry = yc - y0
     # rectangle: 0 <= (x - x0) ux + ry uy <= length and -r <= -(x - x0) uy + ry ux <= r
-    a_lo, a_hi = np.full(len(yc), -np.inf), np.full(len(yc), np.inf)
+    a_lo, a_hi = np.full(len(yc), -_FAR), np.full(len(yc), _FAR)
     for k, c, low, high in ((ux, ry * uy, 0.0, length), (-uy, ry * ux, -r, r)):
-        slope = np.abs(k) > 1e-12
-        ks = np.where(slope, k, 1.0)
+        flat = np.abs(k) <= 1e-12  # the constraint does not depend on x: all or nothing
+        ks = k + flat  # 1 where flat, so nothing divides by zero
         t1, t2 = (low - c) / ks, (high - c) / ks
-        inside = (c >= low) & (c <= high)
-        a_lo = np.maximum(a_lo, np.where(slope, np.minimum(t1, t2), np.where(inside, -np.inf, np.inf)))
-        a_hi = np.minimum(a_hi, np.where(slope, np.maximum(t1, t2), np.where(inside, np.inf, -np.inf)))
-    rect = (length > 0) & (a_lo <= a_hi)
-    return np.where(rect, np.minimum(lo, x0 + a_lo), lo), np.where(rect, np.maximum(hi, x0 + a_hi), hi)
+        out_far = (1 - 2 * ((c >= low) & (c <= high))) * _FAR  # -FAR when satisfied, +FAR when not
+        np.maximum(a_lo, np.where(flat, out_far, np.minimum(t1, t2)), out=a_lo)
+        np.minimum(a_hi, np.where(flat, -out_far, np.maximum(t1, t2)), out=a_hi)
+    empty = (length <= 0) | (a_lo > a_hi)
+    np.minimum(lo, x0 + a_lo + empty * _FAR * 2, out=lo)
+    np.maximum(hi, x0 + a_hi - empty * _FAR * 2, out=hi)
+    return lo, hi
 
 
 def _by_row_spans(plan: _Plan, shape: tuple[int, int]):
@@ -168,16 +178,21 @@ def _by_row_spans(plan: _Plan, shape: tuple[int, int]):
     j0, j1 = _row_range(p0, p1, r, h)
     live = np.nonzero(_touches_columns(p0, p1, r, w) & (j1 > j0))[0]
     counts = (j1 - j0)[live]
+    # per-segment values, gathered once and then repeated per row (np.repeat is cheap, gathers are not)
+    x0, y0, x1, y1 = p0[live, 0], p0[live, 1], p1[live, 0], p1[live, 1]
+    length = np.hypot(x1 - x0, y1 - y0)
+    ux, uy = (x1 - x0) / np.where(length > 0, length, 1.0), (y1 - y0) / np.where(length > 0, length, 1.0)
+    first = j0[live]
     ends = np.cumsum(counts)
     rows_l, lo_l, hi_l = [], [], []
     start = 0
     while start < len(live):  # chunks of whole segments, about _CHUNK pairs each
         base = int(ends[start - 1]) if start else 0
         stop = max(int(np.searchsorted(ends, base + _CHUNK, side="right")), start + 1)
-        seg, cnt = live[start:stop], counts[start:stop]
-        rep = np.repeat(np.arange(len(seg)), cnt)
-        rows = j0[seg][rep] + (np.arange(len(rep)) - np.repeat(np.cumsum(cnt) - cnt, cnt))
-        lo, hi = _capsule_spans(p0[seg][rep], p1[seg][rep], r, rows + 0.5)
+        part, cnt = slice(start, stop), counts[start:stop]
+        rows = np.repeat(first[part], cnt) + (np.arange(int(cnt.sum())) - np.repeat(np.cumsum(cnt) - cnt, cnt))
+        per_row = [np.repeat(a[part], cnt) for a in (x0, y0, x1, y1, ux, uy, length)]
+        lo, hi = _capsule_spans(*per_row, r, rows + 0.5)
         c0 = np.maximum(np.ceil(lo - 0.5), 0)  # pixel c is in when lo <= c + 0.5 <= hi
         c1 = np.minimum(np.floor(hi - 0.5), w - 1)
         ok = c0 <= c1
@@ -191,10 +206,15 @@ def _by_row_spans(plan: _Plan, shape: tuple[int, int]):
     c0, c1 = np.concatenate(lo_l), np.concatenate(hi_l)
     r0, r1, b0, b1 = int(rows.min()), int(rows.max()) + 1, int(c0.min()), int(c1.max()) + 1
     width = b1 - b0 + 1  # one spare column for the span ends
-    n = (r1 - r0) * width
-    base = (rows - r0) * width - b0
-    diff = np.bincount(base + c0, minlength=n) - np.bincount(base + c1 + 1, minlength=n)
-    mask = np.cumsum(diff.reshape(r1 - r0, width), axis=1)[:, :-1] > 0
+    mask = np.empty((r1 - r0, width - 1), bool)
+    band = max(1, _BAND_PIXELS // width)  # rows per pass: the counting arrays stay small
+    rows = rows - r0
+    for a in range(0, r1 - r0, band):
+        sel = (rows >= a) & (rows < a + band)
+        base = (rows[sel] - a) * width - b0
+        n = min(band, r1 - r0 - a) * width
+        diff = np.bincount(base + c0[sel], minlength=n) - np.bincount(base + c1[sel] + 1, minlength=n)
+        mask[a:a + band] = np.cumsum(diff.reshape(-1, width), axis=1)[:, :-1] > 0  # inside a span
     return (r0, b0), mask
 
 
@@ -234,9 +254,9 @@ def _seed_cells(plan: _Plan) -> np.ndarray:
         cnt = n[start:stop]
         part = slice(start, stop)
         t = (np.arange(int(cnt.sum())) - np.repeat(np.cumsum(cnt) - cnt, cnt)) / np.repeat(np.maximum(cnt - 1, 1), cnt)
-        rows = np.clip((np.repeat(y0[part], cnt) + t * np.repeat(dy[part], cnt)).astype(np.int64), 0, seeds.shape[0] - 1)
-        cols = np.clip((np.repeat(x0[part], cnt) + t * np.repeat(dx[part], cnt)).astype(np.int64), 0, seeds.shape[1] - 1)
-        seeds[rows, cols] = True
+        ys = np.repeat(y0[part], cnt) + t * np.repeat(dy[part], cnt)  # >= 0 inside the window: int() floors
+        xs = np.repeat(x0[part], cnt) + t * np.repeat(dx[part], cnt)
+        seeds[np.clip(ys.astype(np.int64), 0, seeds.shape[0] - 1), np.clip(xs.astype(np.int64), 0, seeds.shape[1] - 1)] = True
         start = stop
     return seeds
 

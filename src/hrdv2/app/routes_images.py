@@ -55,8 +55,9 @@ def _decode_checked(path: Path, max_pixels: int) -> list[np.ndarray]:
 def _add_pages(s: AppState, project_id: int, name: str, source: str, origin: str, path: Path) -> list[dict]:
     try:
         pages = _decode_checked(path, s.max_pixels)
-    except (ImageReadError, ShapeError) as exc:
-        raise HTTPException(415, f"{name}: {exc}".replace(str(path), name)) from exc
+    except (ImageReadError, ShapeError) as exc:  # the message names the client's file, never the server's path
+        message = str(exc).replace(str(path), name).replace(path.name, name)
+        raise HTTPException(415, message if message.startswith(name) else f"{name}: {message}") from exc
     return s.store.add_file(project_id, name, source, origin, pages)
 
 
@@ -126,9 +127,12 @@ def add_from_data(project_id: IdPath, body: DataAdd, request: Request) -> list[d
         raise HTTPException(404, "this server has no data folder; start it with `hrdv2 serve --data DIR`")
     try:
         path = safe_join(s.data_dir, body.path)
+        found = path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES
     except PathRefused as exc:
         raise HTTPException(400, str(exc)) from exc
-    if not path.is_file() or path.suffix.lower() not in IMAGE_SUFFIXES:
+    except (OSError, UnicodeError):  # a name too long for the file system, or not encodable: no such file
+        found = False
+    if not found:
         raise HTTPException(404, f"{body.path!r}: no such image in the data folder")
     try:
         with open(path, "rb") as fh:

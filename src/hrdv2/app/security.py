@@ -111,7 +111,10 @@ def safe_join(root: Path, relative: str) -> Path:
     if any(part == ".." for part in rel.parts):
         raise PathRefused(f"{relative!r}: '..' is not allowed in paths")
     root = root.resolve()
-    target = (root / Path(*rel.parts)).resolve()
+    try:
+        target = (root / Path(*rel.parts)).resolve()
+    except (OSError, RuntimeError) as exc:  # e.g. a symlink loop
+        raise PathRefused(f"{relative!r}: cannot be resolved inside the data folder ({exc})") from exc
     if not target.is_relative_to(root):
         raise PathRefused(f"{relative!r}: resolves outside the data folder")
     return target

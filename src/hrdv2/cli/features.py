@@ -76,8 +76,8 @@ def write_features(path: Path, array: np.ndarray, fmt: str) -> Path:
 
 
 def _classical_fallback(name: str, image: np.ndarray, out: Path, pca_png: bool) -> None:
-    from hrdv2.features.pca import pca_rgb
     from hrdv2.engine import FeatureEngine
+    from hrdv2.features.pca import pca_rgb
     from hrdv2.features.sets import FeatureConfig, estimate_feature_bytes
 
     config = FeatureConfig(kind="classical")
@@ -106,15 +106,20 @@ def _classical_fallback(name: str, image: np.ndarray, out: Path, pca_png: bool) 
 @click.option("--batch-size", type=int, default=4, show_default=True, help="Transformed copies per ViT call (bounds memory).")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="hrdv2-out", show_default=True)
-@click.option("--format", "fmt", type=click.Choice(["npy", "zarr", "none"]), default="npy", show_default=True,
-              help="Feature file format, (C, H, W) float32.")
+@click.option("--format", "fmt", type=click.Choice(["npy", "zarr", "ome-zarr", "none"]), default="npy",
+              show_default=True,
+              help="Feature file format, (C, H, W) float32; ome-zarr: block-wise, any image size, with a pyramid.")
+@click.option("--block-size", type=click.IntRange(16), default=None,
+              help="Featurise in blocks of this many px per side (implies --format ome-zarr; default: two tile steps).")
+@click.option("--tile", type=click.IntRange(28), default=448, show_default=True,
+              help="Block-wise: ViT tile side in px (tiles overlap by 1/8 and are blended, so there are no seams).")
 @click.option("--pca-png/--no-pca-png", default=True, show_default=True, help="Write a PCA picture of the features.")
 @click.option("--attention-png/--no-attention-png", default=True, show_default=True,
               help="Write the CLS attention (mean over heads) as a heat map.")
 @click.option("--fallback/--no-fallback", default=True, show_default=True,
               help="Without weights, fall back to classical features instead of failing.")
 def features(images, backbone, weights, stride, shift_text, pattern, flips, rotations, dtype, batch_size, device,
-             out_dir, fmt, pca_png, attention_png, fallback) -> None:
+             out_dir, fmt, block_size, tile, pca_png, attention_png, fallback) -> None:
     """Featurise IMAGES (files, folders, multi-page stacks) with HR-Dv2; no IMAGES: a bundled sample micrograph.
 
     A file that cannot be read or featurised is reported and skipped; the others are still
@@ -128,8 +133,11 @@ def features(images, backbone, weights, stride, shift_text, pattern, flips, rota
     config = FeatureConfig(kind="deep", backbone=backbone, weights=weights, stride=stride,
                            shifts=parse_int_list(shift_text, "shifts"), pattern=pattern, flips=flips,
                            rotations=rotations, device=device, batch_size=batch_size)
-    engine = FeatureEngine(config)
+    engine = FeatureEngine(config, dtype=dtype)
     run = FileRun()
+    blockwise = fmt == "ome-zarr" or block_size is not None
+    if blockwise and images == ():
+        raise ConfigError("block-wise features (--format ome-zarr / --block-size) need input files; give an image.")
     try:
         bb = engine.backbone
     except WeightsUnavailableError as exc:
@@ -138,8 +146,12 @@ def features(images, backbone, weights, stride, shift_text, pattern, flips, rota
         click.secho(f"warning: {exc}", fg="yellow", err=True)
         click.secho("falling back to classical features (no weights needed); no attention map without a ViT.",
                     fg="yellow", err=True)
+        classical = FeatureEngine(FeatureConfig(kind="classical"))
         for name, path in inputs:
             with run.step(path or name):
+                if blockwise:
+                    _featurise_blockwise(classical, path, out, block_size, tile, pca_png)
+                    continue
                 for page_name, image in load_pages(name, path):
                     _classical_fallback(page_name, image, out, pca_png)
         run.finish(len(inputs))
@@ -149,9 +161,53 @@ def features(images, backbone, weights, stride, shift_text, pattern, flips, rota
         click.secho(f"note: {bb.describe()}: features are NOT meaningful, only the mechanics are.", fg="yellow", err=True)
     for name, path in inputs:
         with run.step(path or name):
+            if blockwise:
+                _featurise_blockwise(engine, path, out, block_size, tile, pca_png)
+                continue
             for page_name, image in load_pages(name, path):
                 _featurise_one(fz, page_name, image, out, fmt, pca_png, attention_png)
     run.finish(len(inputs))
+
+
+def _featurise_blockwise(engine, path: Path, out: Path, block_size: int | None, tile: int, pca_png: bool) -> None:
+    """Features of ``path`` block by block into NAME_features.ome.zarr ((C, [Z,] Y, X) float32, with a
+    pyramid); the PCA picture is made from a pyramid level of at most ~1024 px."""
+    from tqdm import tqdm
+
+    from hrdv2.blocks import OmeZarrWriter, open_array
+    from hrdv2.engine.blockwise import BlockFeatures, block_sizes_for
+    from hrdv2.blocks import map_blocks
+
+    t0 = time.perf_counter()
+    lazy = open_array(path)
+    bf = BlockFeatures(engine, lazy, block_sizes_for(engine.config.kind, block_size, tile, tile // 8), tile=tile,
+                       overlap=tile // 8)
+    stem = path.name.split(".")[0]
+    st = path.stat()
+    key = f"{engine.config.key()}|{path.resolve()}:{st.st_size}:{st.st_mtime_ns}|{bf.plan.block_shape}|{tile}"
+    writer = OmeZarrWriter(out / f"{stem}_features.ome.zarr", np.float32, bf.n_features, key=key)
+    with tqdm(desc=path.name, unit="block", leave=False, disable=None) as bar:
+        target = map_blocks(lazy, bf.plan, bf.features, writer, progress=bar)
+    if pca_png:
+        _pyramid_pca_png(target, out / f"{stem}_pca.png")
+    dims = "x".join(str(n) for n in reversed(lazy.spatial_shape))
+    click.echo(f"{stem}: {dims} | {engine.describe()} | block-wise, {len(bf.plan)} blocks of {bf.plan.block_shape[-1]} px "
+               f"| {bf.n_features} channels | {time.perf_counter() - t0:.2f} s | peak RSS {peak_rss_gb():.2f} GB -> {target}")
+
+
+def _pyramid_pca_png(store: Path, target: Path, max_side: int = 1024) -> None:
+    """A PCA picture of an OME-Zarr feature store from its first pyramid level that fits ``max_side``."""
+    import zarr
+
+    from hrdv2.features.pca import pca_rgb
+
+    group = zarr.open_group(str(store), mode="r")
+    levels = sorted((k for k in group.array_keys() if k.isdigit()), key=int)
+    arr = next((group[k] for k in levels if max(group[k].shape[-2:]) <= max_side), group[levels[-1]])
+    data = np.asarray(arr)
+    if data.ndim == 4:  # (C, Z, Y, X): the first page
+        data = data[:, 0]
+    write_image(target, pca_rgb(data))
 
 
 def _featurise_one(fz, name: str, image: np.ndarray, out: Path, fmt: str, pca_png: bool, attention_png: bool) -> None:

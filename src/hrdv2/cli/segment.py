@@ -72,10 +72,14 @@ def _floats(text: str) -> tuple[float, ...]:
 @click.option("--class-names", default=None, help="Comma-separated names of classes 1..K.")
 @click.option("--cache", "cache_dir", type=click.Path(path_type=Path), default=None,
               help="Feature cache folder (re-training after new strokes skips featurising).")
-@click.option("--device", default="cpu", show_default=True)
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N, mps or auto (deep features).")
+@click.option("--volume/--no-volume", default=False, show_default=True,
+              help="Treat each stack as a 3-D volume: classical filters in 3D (labels on a few slices are enough).")
+@click.option("--spacing", default="1,1,1", show_default=True,
+              help="Volume mode: voxel size z,y,x (e.g. 4,1,1 for slices 4x thicker than pixels).")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Model file to write (.skops).")
 def train(images, scribbles, kind, classifier, sigmas, filters, normalise, backbone, weights, stride, flips,
-          pca_components, crf, max_samples, class_names, cache_dir, device, out) -> None:
+          pca_components, crf, max_samples, class_names, cache_dir, device, volume, spacing, out) -> None:
     """Train a segmenter on image + scribble pairs (multi-page TIFF stacks with label stacks too:
     pages without labels are skipped)."""
     from hrdv2.features.sets import FeatureConfig, estimate_feature_bytes
@@ -86,10 +90,14 @@ def train(images, scribbles, kind, classifier, sigmas, filters, normalise, backb
         raise click.UsageError(f"give one --scribble per --image ({len(images)} images, {len(scribbles)} scribbles).")
     check_outputs(files=(out,))
     config = FeatureConfig(kind=kind, sigmas=_floats(sigmas), filters=filters, normalise=normalise, backbone=backbone,
-                           weights=weights, stride=stride, flips=flips, pca_components=pca_components, device=device)
+                           weights=weights, stride=stride, flips=flips, pca_components=pca_components, device=device,
+                           volume=volume, spacing=spacing if volume else (1.0, 1.0, 1.0))
     names = [n.strip() for n in class_names.split(",")] if class_names else None
     seg = Segmenter(config, classifier=classifier, crf=crf, max_samples=max_samples, class_names=names,
                     cache_dir=cache_dir)
+    if volume:
+        _train_volume(seg, images, scribbles, out)
+        return
     imgs, scrs, pair_names = read_training_pairs(images, scribbles)
     for im, name in zip(imgs, pair_names):
         require_memory(estimate_feature_bytes(seg.compute_config, im.shape), f"featurising {name}")
@@ -101,6 +109,39 @@ def train(images, scribbles, kind, classifier, sigmas, filters, normalise, backb
     seg.save(out)
     click.echo(f"trained {seg!r} on {seg.n_train_pixels_} pixels of {len(imgs)} image(s)/page(s); "
                f"classes {dict(zip(seg.classes_.tolist(), seg.class_names))}; wrote {out}")
+
+
+def _train_volume(seg, images: tuple[Path, ...], scribbles: tuple[Path, ...], out: Path) -> None:
+    """Volume mode: 3-D features of the labelled slices only (each with its 3-D halo), then fit."""
+    from hrdv2.blocks import as_lazy
+    from hrdv2.engine.blockwise import BlockFeatures
+    from hrdv2.io import read_label_stack, read_stack
+
+    if seg.crf:
+        raise HRDv2Error("the dense CRF works on 2-D images; volume mode runs without it (drop --crf).")
+    imgs, scrs, feats, names = [], [], [], []
+    for ip, sp in zip(images, scribbles):
+        pages, labels = read_stack(ip), read_label_stack(sp)
+        if len(pages) < 2 or pages[0].ndim != 2:
+            raise ShapeError(f"{ip}: volume mode needs a grey multi-page stack (Z, Y, X); it has {len(pages)} "
+                             f"page(s) of shape {pages[0].shape}. Train without --volume for single images.")
+        if len(labels) != len(pages) or labels[0].shape != pages[0].shape:
+            raise ShapeError(f"{sp}: {len(labels)} label page(s) of {labels[0].shape} for {len(pages)} image page(s) of "
+                             f"{pages[0].shape}; give one label page per slice (blank pages for unlabelled ones).")
+        bf = BlockFeatures(seg.engine, as_lazy(np.stack(pages)))
+        labelled = [z for z, lab in enumerate(labels) if lab.any()]
+        for z in tqdm(labelled, desc=f"3-D features of labelled slices of {ip.name}", unit="slice", disable=None):
+            imgs.append(pages[z])
+            scrs.append(labels[z])
+            feats.append(bf.slice_features(z))
+            names.append(f"{sp} slice {z}")
+    if not imgs:
+        raise HRDv2Error(f"no labelled pixels in {', '.join(map(str, scribbles))}: paint at least one stroke per class.")
+    seg.fit(imgs, scrs, feats, names=names)
+    seg.save(out)
+    click.echo(f"trained {seg!r} (3-D filters, spacing {','.join(f'{v:g}' for v in seg.features.spacing)}) on "
+               f"{seg.n_train_pixels_} voxels of {len(imgs)} slice(s); classes "
+               f"{dict(zip(seg.classes_.tolist(), seg.class_names))}; wrote {out}")
 
 
 def read_training_pairs(images: tuple[Path, ...], scribbles: tuple[Path, ...]
@@ -152,12 +193,14 @@ def _predict_bytes(seg, shape: tuple[int, ...]) -> int:
                    "with a multiscale pyramid (NAME_labels.ome.zarr / NAME_labels.ome.tif).")
 @click.option("--block-size", type=click.IntRange(16), default=None,
               help="Process in blocks of this many px per side (bounded memory; default with ome-zarr/bigtiff: 1024 "
-                   "for classical features, 512 for deep).")
+                   "for classical features, two tile steps for deep).")
 @click.option("--tile", type=click.IntRange(28), default=448, show_default=True,
               help="Deep features block-wise: ViT tile side in px (tiles overlap by 1/8 and are blended).")
 @click.option("--proba/--no-proba", default=False, help="Also write float32 probability maps (STEM_proba.tif).")
 @click.option("--crf/--no-crf", default=None, help="Override the model's CRF setting.")
-def apply(model, inputs, out_dir, fmt, block_size, tile, proba, crf) -> None:
+@click.option("--device", default=None, help="Where deep features run: cpu, cuda, cuda:N, mps or auto "
+              "[default: the model's].")
+def apply(model, inputs, out_dir, fmt, block_size, tile, proba, crf, device) -> None:
     """Segment files, folders and multi-page TIFF stacks with a trained MODEL.
 
     A file that cannot be read or segmented is reported and skipped; the others are still
@@ -171,7 +214,11 @@ def apply(model, inputs, out_dir, fmt, block_size, tile, proba, crf) -> None:
     seg = Segmenter.load(model)
     if crf is not None:
         seg.crf = crf
-    blockwise = fmt in ("ome-zarr", "bigtiff") or block_size is not None
+    if device is not None:  # a runtime choice: the features (and the model's config key) stay the same
+        from hrdv2.device import resolve_device
+
+        seg.features = seg.features.replace(device=str(resolve_device(device)))
+    blockwise = fmt in ("ome-zarr", "bigtiff") or block_size is not None or seg.features.volume
     if blockwise and seg.crf:
         raise HRDv2Error("the dense CRF needs whole images: block-wise apply (--format ome-zarr/bigtiff or "
                          "--block-size) runs without it; add --no-crf, or use --format png/tif without --block-size.")

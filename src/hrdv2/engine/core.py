@@ -54,8 +54,10 @@ class BackboneCache:
 
     def get(self, name: str, weights: str | None, device: str) -> Any:
         from hrdv2.backbones import load_backbone
+        from hrdv2.device import resolve_device
 
-        key = (name, None if weights is None else str(weights), str(device))
+        device = str(resolve_device(device))  # "cuda" and "cuda:0" are one device, one load
+        key = (name, None if weights is None else str(weights), device)
         with self._lock:  # loading holds the lock: two threads never load the same weights twice
             if key not in self._loaded:
                 self._loaded[key] = load_backbone(name, weights=weights, device=device)
@@ -85,12 +87,13 @@ class FeatureEngine:
     """
 
     def __init__(self, config: FeatureConfig, *, cache_dir: str | Path | None = None,
-                 backbones: BackboneCache | None = None):
+                 backbones: BackboneCache | None = None, dtype: str = "float32"):
         if not isinstance(config, FeatureConfig):
             raise ConfigError(f"FeatureEngine needs a FeatureConfig, got {type(config).__name__}.")
         self.config = config
         self.cache_dir = None if cache_dir is None else Path(cache_dir)
         self.backbones = backbones if backbones is not None else BackboneCache()
+        self.dtype = dtype  # ViT compute dtype (accumulation stays float32): a runtime choice, not in the key
         self._featurizers: dict[tuple, Any] = {}
         self._lock = threading.Lock()
 
@@ -107,10 +110,11 @@ class FeatureEngine:
         c = self.config
         return transform_set(c.shifts, c.pattern, c.flips, c.rotations)
 
-    def featurizer(self, *, attention: bool = False, dtype: str = "float32", progress: bool = False) -> Any:
+    def featurizer(self, *, attention: bool = False, dtype: str | None = None, progress: bool = False) -> Any:
         """The HR-Dv2 featurizer of this config (built once per attention/dtype/progress choice)."""
         from hrdv2.upsample import HighResFeaturizer
 
+        dtype = dtype or self.dtype
         key = (attention, dtype, progress)
         with self._lock:
             if key not in self._featurizers:
@@ -137,6 +141,9 @@ class FeatureEngine:
         instead fits one PCA on its training pixels so features of new images stay comparable.
         """
         config = self.config
+        if config.volume:
+            raise ConfigError("this feature config filters in 3D (volume mode): featurise a (Z, Y, X) volume block-wise "
+                              "(hrdv2.engine.BlockFeatures; `hrdv2 apply` on a stack), not a single image.")
         image = check_image(image)
         image = normalise_image(image, config.normalise)
         if config.kind == "classical":

@@ -84,12 +84,13 @@ def blended_features(
     origin: tuple[int, int],
     window: tuple[slice, slice],
     grid: TileGrid,
-    tile_features: Callable[[np.ndarray], np.ndarray],
+    tile_features: Callable[[slice, slice, np.ndarray], np.ndarray],
 ) -> np.ndarray:
     """(h, w, C) features of ``window`` (image coordinates) blended from the grid's tiles.
 
     ``image01`` holds the normalised pixels of a region starting at ``origin`` that contains
-    every tile touching ``window``; ``tile_features`` maps a tile's pixels to (th, tw, C).
+    every tile touching ``window``; ``tile_features(rows, cols, pixels)`` gives a tile's (th, tw, C)
+    features (it may return them from a cache: neighbouring windows share tiles).
     """
     acc: np.ndarray | None = None
     wsum = np.zeros((window[0].stop - window[0].start, window[1].stop - window[1].start), np.float32)
@@ -97,7 +98,7 @@ def blended_features(
         local = (slice(rows.start - origin[0], rows.stop - origin[0]), slice(cols.start - origin[1], cols.stop - origin[1]))
         if local[0].start < 0 or local[1].start < 0 or local[0].stop > image01.shape[0] or local[1].stop > image01.shape[1]:
             raise ConfigError("internal: the read window does not contain a tile; the block halo must be >= the tile size.")
-        feats = tile_features(image01[local])
+        feats = tile_features(rows, cols, image01[local])
         # the part of this tile inside the window
         ys, ye = max(rows.start, window[0].start), min(rows.stop, window[0].stop)
         xs, xe = max(cols.start, window[1].start), min(cols.stop, window[1].stop)

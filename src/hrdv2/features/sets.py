@@ -51,18 +51,31 @@ class FeatureConfig:
     normalise: str = "auto"
     device: str = "cpu"
     batch_size: int = 4
+    volume: bool = False  # classical filters in 3D over (Z, Y, X) volumes instead of page by page
+    spacing: tuple[float, ...] = (1.0, 1.0, 1.0)  # (z, y, x) voxel size, volume mode only
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ConfigError(f"unknown feature set {self.kind!r}; choose one of {list(KINDS)}.")
         object.__setattr__(self, "sigmas", tuple(float(s) for s in self.sigmas))
-        object.__setattr__(self, "filters", resolve_filters(self.filters))  # "default" / "all" / names
+        if self.volume:
+            from hrdv2.features.classical3d import DEFAULT_FILTERS_3D, check_spacing, resolve_filters_3d
+
+            if self.kind != "classical":
+                raise ConfigError(f"volume mode filters in 3D and needs classical features, not {self.kind!r}; "
+                                  "deep features of a stack are computed slice by slice (without --volume).")
+            filters = DEFAULT_FILTERS_3D if self.filters in ("default", DEFAULT_FILTERS) else self.filters
+            object.__setattr__(self, "filters", resolve_filters_3d(filters))
+            object.__setattr__(self, "spacing", check_spacing(self.spacing))
+        else:
+            object.__setattr__(self, "filters", resolve_filters(self.filters))  # "default" / "all" / names
+            object.__setattr__(self, "spacing", tuple(float(v) for v in self.spacing))
         object.__setattr__(self, "shifts", tuple(int(s) for s in self.shifts))
         if self.normalise not in NORMALISE:
             raise ConfigError(f"normalise must be one of {list(NORMALISE)}, got {self.normalise!r}.")
         if self.pca_components is not None and int(self.pca_components) < 1:
             raise ConfigError(f"pca_components must be a positive integer or None, got {self.pca_components!r}.")
-        if self.uses_classical:
+        if self.uses_classical and not self.volume:
             feature_names(1, self.sigmas, self.filters)  # validates sigmas / filters early
 
     @property
@@ -78,7 +91,7 @@ class FeatureConfig:
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
-        for k in ("sigmas", "filters", "shifts"):
+        for k in ("sigmas", "filters", "shifts", "spacing"):
             d[k] = list(d[k])
         return d
 
@@ -93,8 +106,11 @@ class FeatureConfig:
     def key(self) -> str:
         """Stable short string naming what the features depend on (not device / batch size)."""
         d = {k: v for k, v in self.to_dict().items() if k not in _RUNTIME_FIELDS}
-        if not d["rotations"]:
-            d.pop("rotations")  # added later: keys of configs without rotations stay as they were
+        for added_later in ("rotations", "volume"):  # keys of configs without them stay as they were
+            if not d[added_later]:
+                d.pop(added_later)
+        if not self.volume:
+            d.pop("spacing")
         if not self.uses_classical:
             d.pop("sigmas"), d.pop("filters")
         else:  # features cached by an hrdv2 whose filters computed other values must not be reused
@@ -183,12 +199,18 @@ def estimate_feature_bytes(config: FeatureConfig, shape: tuple[int, ...]) -> int
     channels = 1 if len(shape) == 2 else int(shape[2])
     n = 0
     if config.uses_classical:
-        n += int(1.5 * len(feature_names(channels, config.sigmas, config.filters)))
+        n += int(1.5 * n_classical(config, channels))
     if config.uses_deep:
         n += _embed_dim_guess(config.backbone) * (2 if config.kind == "hybrid" else 1)
     return 4 * h * w * (n + 3 * channels)
 
 
 def n_classical(config: FeatureConfig, n_channels: int) -> int:
-    """How many leading channels of a hybrid feature map are classical."""
-    return len(feature_names(n_channels, config.sigmas, config.filters)) if config.uses_classical else 0
+    """How many leading channels of a (hybrid) feature map are classical."""
+    if not config.uses_classical:
+        return 0
+    if config.volume:
+        from hrdv2.features.classical3d import feature_names_3d
+
+        return len(feature_names_3d(config.sigmas, config.filters))
+    return len(feature_names(n_channels, config.sigmas, config.filters))

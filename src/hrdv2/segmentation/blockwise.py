@@ -59,7 +59,8 @@ def segment_blockwise(
     if channels != seg.n_channels_:
         raise ShapeError(f"{lazy.name}: the model was trained on {seg.n_channels_}-channel images but this one has "
                          f"{channels}; convert it, or train a model on images like it.")
-    bf = BlockFeatures(seg.engine, lazy, block_size_for(seg, block_size), tile=tile, overlap=overlap)
+    size = block_sizes_for(seg.features.kind, block_size, tile, overlap, seg.features.volume)
+    bf = BlockFeatures(seg.engine, lazy, size, tile=tile, overlap=overlap)
     classes = seg.classes_.astype(np.uint8)
 
     def func(data: np.ndarray, block) -> np.ndarray:
@@ -73,6 +74,3 @@ def segment_blockwise(
         writer = ArrayWriter(np.float32 if proba else np.uint8, len(classes) if proba else None)
     return map_blocks(lazy, bf.plan, func, writer, progress=progress, resume=resume)
 
-
-def block_size_for(seg: Any, requested: int | None) -> int:
-    return block_sizes_for(seg.features.kind, requested)
