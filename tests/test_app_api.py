@@ -814,3 +814,34 @@ def test_body_limit_wins_over_the_apps_own_answer(app_reply):
     assert c.post("/", content=b"x" * 5000).status_code == 413  # declared
     r = c.post("/", content=(b"x" * 300 for _ in range(10)))  # 3000 bytes, chunked
     assert r.status_code == 413 and "limit of 1,000 bytes" in r.json()["detail"]
+
+
+def test_changed_feature_settings_never_meet_the_old_model(client, trained, micrograph):
+    """The model is applied with its own feature config; new feature settings retire it."""
+    from hrdv2.app.schemas import FeatureSettings
+
+    p, img, _ = trained
+    engine = client.app.state.hrdv2.engine
+    labels_before = client.get(f"/api/images/{img['id']}/labels.png").content
+    # the project's settings move to deep features behind the model's back (as an old app did):
+    # prediction still featurises with the model's classical config, so it needs no weights and
+    # gives the same labels
+    client.app.state.hrdv2.store.update_project(p["id"], features=FeatureSettings(kind="deep", stride=7))
+    job = _wait(client, client.post(f"/api/images/{img['id']}/predict").json())
+    assert job["state"] == "done", job
+    assert client.get(f"/api/images/{img['id']}/labels.png").content == labels_before
+    # through the engine (what PATCH does) the change retires the model and its predictions
+    client.app.state.hrdv2.store.update_project(p["id"], features=FeatureSettings())
+    assert engine.update_features(p["id"], FeatureSettings(kind="deep", stride=7)) is True
+    after = client.get(f"/api/projects/{p['id']}").json()
+    assert after["has_model"] is False and after["features"]["stride"] == 7
+    assert client.get(f"/api/images/{img['id']}/labels.png").status_code == 404
+    r = client.post(f"/api/images/{img['id']}/predict")
+    assert 400 <= r.status_code < 500 and "feature settings" in r.json()["detail"], r.text
+    # a settings change that leaves the features as they are keeps the model
+    r = client.patch(f"/api/projects/{p['id']}", json={"features": {"kind": "classical"}})
+    assert r.status_code == 200
+    job = _wait(client, client.post(f"/api/projects/{p['id']}/train", json={"image_id": img["id"]}).json())
+    assert job["state"] == "done", job
+    r = client.patch(f"/api/projects/{p['id']}", json={"features": {"kind": "classical", "stride": 7}})
+    assert r.status_code == 200 and r.json()["has_model"] is True

@@ -27,17 +27,18 @@ from .schemas import BackboneOption, FeatureSettings
 from .store import Store
 
 
-def weights_status(name: str) -> BackboneOption:
+def weights_status(name: str, failed_loads: dict[str, str]) -> BackboneOption:
     """Whether a backbone's pretrained weights are on this machine (no download is attempted here:
-    listing options must not fetch gigabytes). A failed load at training time is reported too."""
+    listing options must not fetch gigabytes). ``failed_loads``: reasons of loads that failed at
+    training time (the engine's), reported too."""
     from hrdv2.backbones.registry import resolve
     from hrdv2.backbones.weights import how_to_supply
 
     import torch
 
     spec = resolve(name)
-    if name in _FAILED_LOADS:
-        return BackboneOption(name=name, available=False, reason=_FAILED_LOADS[name])
+    if name in failed_loads:
+        return BackboneOption(name=name, available=False, reason=failed_loads[name])
     if spec.filename and (Path(torch.hub.get_dir()) / "checkpoints" / spec.filename).is_file():
         return BackboneOption(name=name, available=True)
     where = Path(torch.hub.get_dir()) / "checkpoints"
@@ -46,23 +47,25 @@ def weights_status(name: str) -> BackboneOption:
     )
 
 
-_FAILED_LOADS: dict[str, str] = {}
-
-
-def feature_config(settings: FeatureSettings):
-    """The library's FeatureConfig for the page's feature settings."""
+def feature_config(settings: FeatureSettings, device: str = "cpu"):
+    """The library's FeatureConfig for the page's feature settings, computed on ``device``."""
     from hrdv2.features.sets import FeatureConfig
 
     if settings.kind == "classical":
-        return FeatureConfig(kind="classical")
-    return FeatureConfig(kind=settings.kind, backbone=settings.backbone, stride=settings.stride)
+        return FeatureConfig(kind="classical", device=device)
+    return FeatureConfig(kind=settings.kind, backbone=settings.backbone, stride=settings.stride, device=device)
 
 
 class Engine:
     """Features, models and predictions for all projects of one store."""
 
-    def __init__(self, store: Store, memory_bytes: int = 1_500_000_000):
+    def __init__(self, store: Store, memory_bytes: int = 1_500_000_000, device: str = "cpu"):
+        from hrdv2.engine import BackboneCache
+
         self.store = store
+        self.device = device
+        self.backbones = BackboneCache()  # every project's feature engines share the loaded backbones
+        self.failed_loads: dict[str, str] = {}
         self._cache = None
         self._mem: OrderedDict[tuple[str, str], np.ndarray] = OrderedDict()
         self._mem_bytes = memory_bytes
@@ -83,8 +86,19 @@ class Engine:
             self._cache = FeatureCache(self.store.root / "cache" / "features")
         return self._cache
 
-    def features(self, image: dict, settings: FeatureSettings, progress: Callable[[int, int], None] | None = None) -> np.ndarray:
-        config = feature_config(settings)
+    def weights_status(self, name: str) -> BackboneOption:
+        return weights_status(name, self.failed_loads)
+
+    def project_config(self, project_id: int):
+        """The FeatureConfig of the project's current settings (what the next training uses)."""
+        return feature_config(self.store.get_project(project_id)["features"], self.device)
+
+    def features(self, image: dict, config: Any, progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+        """Features of ``image`` under ``config`` (a FeatureConfig: the project's for training, the
+        model's own for prediction), via the memory LRU and the disk cache."""
+        from hrdv2.engine import FeatureEngine
+
+        config = config.replace(device=self.device)
         key = (image["sha"], config.key())
         with self._lock:
             if key in self._mem:
@@ -96,12 +110,11 @@ class Engine:
                 if key in self._mem:
                     return self._mem[key]
             try:
-                from hrdv2.engine import compute_features
-
                 pixels = self.store.pixels(image)
-                feats = self.cache.get_or_compute(pixels, config, lambda: compute_features(pixels, config, progress))
+                engine = FeatureEngine(config, backbones=self.backbones)
+                feats = self.cache.get_or_compute(pixels, config, lambda: engine.compute(pixels, progress))
             except WeightsUnavailableError as exc:
-                _FAILED_LOADS[settings.backbone] = str(exc)
+                self.failed_loads[config.backbone] = str(exc)
                 raise
             feats = np.asarray(feats, dtype=np.float32)
             with self._lock:
@@ -112,9 +125,9 @@ class Engine:
 
     def features_job(self, job: Job, image_id: int) -> dict:
         image = self.store.get_image(image_id)
-        settings = self.store.get_project(image["project_id"])["features"]
+        config = self.project_config(image["project_id"])
         job.report(0, 1, stage=f"features for {image['name']}")
-        feats = self.features(image, settings, job.progress_callback(f"features for {image['name']}"))
+        feats = self.features(image, config, job.progress_callback(f"features for {image['name']}"))
         return {"image_id": image_id, "n_features": int(feats.shape[-1])}
 
     # -- scribbles ---------------------------------------------------------------------------
@@ -131,7 +144,8 @@ class Engine:
         project = self.store.get_project(project_id)
         version = project["model_version"]
         if not project["has_model"]:
-            raise HRDv2Error("no trained model for the current classes: paint strokes of at least two classes and press Train.")
+            raise HRDv2Error("no trained model for the current classes and feature settings: paint strokes of at least "
+                             "two classes and press Train.")
         cached = self._models.get(project_id)
         if cached and cached[0] == version:
             return cached[1]
@@ -182,12 +196,13 @@ class Engine:
             raise HRDv2Error("nothing to learn from: paint strokes of at least two classes, then press Train.")
         todo = labelled + ([image_id] if image_id is not None and image_id not in labelled else [])
         n = len(todo) + 1
+        config = feature_config(project["features"], self.device)
         images, scribbles, feats = [], [], []
         for k, iid in enumerate(todo):
             image = self.store.get_image(iid)
             stage = f"features {k + 1}/{len(todo)}: {image['name']}"
             job.report(k / n, stage=stage)
-            f = self.features(image, project["features"], job.progress_callback(stage, k / n, 1 / n))
+            f = self.features(image, config, job.progress_callback(stage, k / n, 1 / n))
             if iid in labelled:
                 images.append(self.store.pixels(image))
                 scribbles.append(self.scribbles(image))
@@ -198,10 +213,11 @@ class Engine:
             raise HRDv2Error(f"strokes of at least two classes are needed to train; only {have or 'none'} painted so far.")
         job.report(len(todo) / n, stage="training")
         seg = Segmenter(
-            features=feature_config(project["features"]),
+            features=config,
             classifier=project["classifier"],
             class_names=[c["name"] for c in classes],
             random_state=0,
+            backbones=self.backbones,
         )
         seg.fit(images, scribbles, feats)
         job.report(len(todo) / n + 0.5 / n, stage="saving model")
@@ -209,6 +225,8 @@ class Engine:
             now = [c["id"] for c in self.store.list_classes(project_id)]
             if now[:len(classes)] != [c["id"] for c in classes]:
                 raise HRDv2Error("a class was deleted while training; press Train again.")
+            if self.project_config(project_id).key() != config.key():
+                raise HRDv2Error("the feature settings changed while training; press Train again.")
             version = self.store.bump_model_version(project_id, has_model=True)
         self._models[project_id] = (version, seg)
         self._save_in_background(project_id, version, seg)
@@ -227,9 +245,10 @@ class Engine:
         return folder / f"{image['id']}.labels.png", folder / f"{image['id']}.proba.npy"
 
     def predict(self, image: dict, seg: Any, version: int, progress: Callable | None = None) -> np.ndarray:
-        """Predict one image, store labels (uint8 PNG) and probabilities (float16 .npy); return labels."""
-        settings = self.store.get_project(image["project_id"])["features"]
-        feats = self.features(image, settings, progress)
+        """Predict one image, store labels (uint8 PNG) and probabilities (float16 .npy); return labels.
+
+        Features come from the *model's* own config, never from the project's current settings."""
+        feats = self.features(image, seg.compute_config, progress)
         n_classes = max(len(self.store.list_classes(image["project_id"])), 1)
         proba_model = np.asarray(seg.predict_proba(self.store.pixels(image), features=feats), dtype=np.float32)
         values = [int(v) for v in np.asarray(seg.classes_).ravel()]
@@ -246,6 +265,22 @@ class Engine:
             write_npy(proba_path, proba.astype(np.float16))
             self.store.set_prediction_version(image["id"], version)
         return labels
+
+    def update_features(self, project_id: int, settings: FeatureSettings) -> bool:
+        """New feature settings retire the model trained under the old ones (and its predictions):
+        a model is never applied to features it was not trained on. Returns whether they changed."""
+        with self._predictions_lock:
+            before = self.store.get_project(project_id)
+            self.store.update_project(project_id, features=settings)
+            if feature_config(before["features"]).key() == feature_config(settings).key():
+                return False  # e.g. a stride chosen for classical features: the features are the same
+            if before["has_model"] or before["model_version"]:
+                self.store.bump_model_version(project_id, has_model=False)
+                self._models.pop(project_id, None)
+                folder = self.store.project_path(project_id)
+                for path in [*(folder / "predictions").glob("*"), folder / "phase_fractions.csv"]:
+                    path.unlink(missing_ok=True)
+            return True
 
     def delete_class(self, class_id: int) -> int:
         """Delete a class with its strokes, retire the model and drop every stored prediction and

@@ -19,7 +19,7 @@ from hrdv2.io import IMAGE_SUFFIXES, read_stack, to_float01
 from .raster import MAX_STROKE_WORK, stroke_work
 from .schemas import DataAdd, DataFiles, IdPath, ImageOut, JobOut, StrokeIn, StrokeOut, UndoResult
 from .security import PathRefused, UploadRejected, display_name, safe_join, sniff_image_type
-from .server import AppState, state
+from .deps import AppState, state
 
 router = APIRouter(prefix="/api")
 MAX_DATA_FILES = 5000

@@ -20,24 +20,23 @@ from .schemas import (
     ProjectPatch,
     TrainRequest,
 )
-from .server import state
+from .deps import state
 
 router = APIRouter(prefix="/api")
 STRIDES = [14, 7, 4, 2]
 
 
 @router.get("/features/options", response_model=FeatureOptions, tags=["features"])
-def feature_options() -> FeatureOptions:
+def feature_options(request: Request) -> FeatureOptions:
     """Feature kinds, classifiers and backbones; a backbone without weights is listed as unavailable with the reason."""
     from hrdv2.backbones import list_backbones
 
-    from .engine import weights_status
-
+    engine = state(request).engine
     return FeatureOptions(
         kinds=["classical", "deep", "hybrid"],
         classifiers=["logistic", "random_forest", "gradient_boosting"],
         strides=STRIDES,
-        backbones=[weights_status(name) for name in list_backbones()],
+        backbones=[engine.weights_status(name) for name in list_backbones()],
     )
 
 
@@ -58,16 +57,17 @@ def get_project(project_id: IdPath, request: Request) -> dict:
 
 @router.patch("/projects/{project_id}", response_model=ProjectOut, tags=["projects"])
 def patch_project(project_id: IdPath, body: ProjectPatch, request: Request) -> dict:
-    """Rename, or change features / classifier / auto-train. Deep features need available weights."""
+    """Rename, or change features / classifier / auto-train. Deep features need available weights.
+    New feature settings retire the trained model (it was trained on other features): train again."""
     s = state(request)
     if body.features is not None and body.features.kind != "classical":
-        from .engine import weights_status
-
-        status = weights_status(body.features.backbone)
+        status = s.engine.weights_status(body.features.backbone)
         if not status.available:
             raise HTTPException(409, f"{body.features.kind} features with {status.name} are unavailable: {status.reason}")
-    return s.store.update_project(project_id, **body.model_dump(exclude_none=True, exclude={"features"}),
-                                  features=body.features)
+    s.store.get_project(project_id)
+    if body.features is not None:
+        s.engine.update_features(project_id, body.features)
+    return s.store.update_project(project_id, **body.model_dump(exclude_none=True, exclude={"features"}))
 
 
 # -- classes ---------------------------------------------------------------------------------

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import json
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import AsyncIterator
 
@@ -22,6 +21,7 @@ from fastapi.staticfiles import StaticFiles
 import hrdv2
 from hrdv2.errors import HRDv2Error
 
+from .deps import AppState, state
 from .engine import Engine
 from .jobs import JobManager
 from .schemas import Health, JobIdPath, JobOut, ServerInfo
@@ -32,20 +32,6 @@ DEFAULT_MAX_UPLOAD = 256 * 1024 * 1024
 DEFAULT_MAX_PIXELS = 64_000_000
 
 
-@dataclass
-class AppState:
-    store: Store
-    engine: Engine
-    jobs: JobManager
-    data_dir: Path | None
-    max_upload_bytes: int
-    max_pixels: int
-
-
-def state(request: Request) -> AppState:
-    return request.app.state.hrdv2
-
-
 def create_app(
     project_dir: str | Path,
     data_dir: str | Path | None = None,
@@ -54,6 +40,7 @@ def create_app(
     max_pixels: int = DEFAULT_MAX_PIXELS,
     allowed_hosts: list[str] | None = None,
     workers: int = 2,
+    device: str = "cpu",
 ) -> FastAPI:
     """The web app over ``project_dir`` (created if missing); ``data_dir`` is the read-only
     server-side folder images may be added from. ``allowed_hosts``: Host header allow-list
@@ -67,8 +54,11 @@ def create_app(
         data_dir = Path(data_dir).expanduser().resolve()
         if not data_dir.is_dir():
             raise HRDv2Error(f"--data {data_dir}: not a folder. Give the folder holding your images.")
+    from hrdv2.device import resolve_device
+
+    device = str(resolve_device(device))  # a bad --device fails here, before the server starts
     store = Store(project_dir)
-    app_state = AppState(store, Engine(store), JobManager(workers), data_dir, max_upload_bytes, max_pixels)
+    app_state = AppState(store, Engine(store, device=device), JobManager(workers), data_dir, max_upload_bytes, max_pixels)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -25,7 +25,8 @@ def default_project_dir() -> Path:
 @click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535))
 @click.option("--max-upload-mb", default=256, show_default=True, type=click.IntRange(1, 100_000),
               help="Largest accepted upload.")
-def serve(data_dir: Path | None, project_dir: Path | None, host: str, port: int, max_upload_mb: int) -> None:
+@click.option("--device", default="cpu", show_default=True, help="Where deep features run: cpu, cuda, cuda:N, mps, auto.")
+def serve(data_dir: Path | None, project_dir: Path | None, host: str, port: int, max_upload_mb: int, device: str) -> None:
     """Start the web app on http://HOST:PORT (from a remote GPU box: ssh -L 8000:127.0.0.1:8000 box)."""
     import uvicorn
 
@@ -47,6 +48,7 @@ def serve(data_dir: Path | None, project_dir: Path | None, host: str, port: int,
         data_dir,
         max_upload_bytes=max_upload_mb * 1024 * 1024,
         allowed_hosts=loopback_host_names(host) if loopback else None,
+        device=device,
     )
     bind = host[1:-1] if host.startswith("[") and host.endswith("]") else host  # [::1] as in a URL
     shown = f"[{bind}]" if ":" in bind else bind
