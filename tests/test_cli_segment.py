@@ -114,9 +114,10 @@ def test_corrupt_model_and_channel_mismatch(shared_data, model, tmp_path):
     bad.write_bytes(model.read_bytes()[:200])
     res = CliRunner().invoke(cli, ["apply", str(bad), str(shared_data / "superalloy" / "isb_0.png"), "--out", str(tmp_path)])
     assert res.exit_code == 2 and "bad.skops" in res.output and "Traceback" not in res.output
-    # a grey model on an RGB image: reported per file, names the channel counts
+    # a grey model on an RGB image: one line naming the file and the channel counts
     res = CliRunner().invoke(cli, ["apply", str(model), str(shared_data / "superalloy" / "isb_rgb.png"), "--out", str(tmp_path)])
-    assert res.exit_code == 1 and "isb_rgb.png" in res.output and "3 channel" in res.output
+    assert res.exit_code == 2 and "isb_rgb.png" in res.output and "3 channel" in res.output
+    assert len([line for line in res.output.splitlines() if line.startswith("error:")]) == 1
 
 
 def test_evaluate_mismatched_pairs(shared_data, tmp_path):

@@ -365,8 +365,10 @@ def _pil_limit_lifted() -> Iterator[None]:
 def _read_pil(path: Path, max_bytes: int | None) -> np.ndarray:
     from PIL import Image
 
+    Image.init()  # register every plugin: which ones a Pillow build has differs (MPO may be JPEG's)
+    formats = [f for f in PIL_FORMATS if f in Image.OPEN]
     with _pil_limit_lifted():
-        im = Image.open(path, formats=PIL_FORMATS)  # header only: nothing decoded yet
+        im = Image.open(path, formats=formats)  # header only: nothing decoded yet
     with im:
         shape, dtype = _pil_decoded_shape(im)
         check_decoded_size(path, shape, dtype, max_bytes)

@@ -60,9 +60,10 @@ class FileRun:
     Bugs (internal errors) are not swallowed: they stop the run, since they would recur.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, total: int = 0) -> None:
         self.failed: list[tuple[str, str]] = []
         self.done = 0
+        self.single = total == 1  # one input: its failure is the command's one error line
 
     @contextlib.contextmanager
     def step(self, path: str | os.PathLike) -> Iterator[None]:
@@ -74,12 +75,17 @@ class FileRun:
             message, _ = describe_error(exc)
             self.failed.append((str(path), message))
             with tqdm.external_write_mode(file=sys.stderr):  # above any progress bar, colour only on a terminal
-                click.secho(f"skipped {path}: {message}", fg="yellow", err=True)
+                named = message if str(path) in message else f"{path}: {message}"
+                click.secho(f"error: {named}" if self.single else f"skipped {path}: {message}",
+                            fg="red" if self.single else "yellow", err=True)
         else:
             self.done += 1
 
     def finish(self, total: int) -> None:
-        """Exit 1 after listing the failed files (the good ones are already written)."""
+        """Exit 1 after listing the failed files (the good ones are already written); a run over
+        one file that failed is a plain user error (exit 2, its one line already printed)."""
+        if self.failed and total == 1:
+            sys.exit(USER_ERROR)
         if self.failed:
             names = ", ".join(p for p, _ in self.failed[:5]) + (" ..." if len(self.failed) > 5 else "")
             click.secho(f"{len(self.failed)} of {total} file(s) failed: {names}", fg="red", err=True)

@@ -118,8 +118,13 @@ def _classical_fallback(name: str, image: np.ndarray, out: Path, pca_png: bool) 
               help="Write the CLS attention (mean over heads) as a heat map.")
 @click.option("--fallback/--no-fallback", default=True, show_default=True,
               help="Without weights, fall back to classical features instead of failing.")
+@click.option("--workers", type=click.IntRange(1), default=None,
+              help="Run on a local Dask cluster of N worker processes: one task per file, or per block with "
+                   "--format ome-zarr (see docs/distributed.md).")
+@click.option("--scheduler", default=None, metavar="ADDRESS|FILE",
+              help="Run on an existing Dask cluster: its scheduler address (tcp://host:8786) or scheduler file.")
 def features(images, backbone, weights, stride, shift_text, pattern, flips, rotations, dtype, batch_size, device,
-             out_dir, fmt, block_size, tile, pca_png, attention_png, fallback) -> None:
+             out_dir, fmt, block_size, tile, pca_png, attention_png, fallback, workers, scheduler) -> None:
     """Featurise IMAGES (files, folders, multi-page stacks) with HR-Dv2; no IMAGES: a bundled sample micrograph.
 
     A file that cannot be read or featurised is reported and skipped; the others are still
@@ -134,10 +139,13 @@ def features(images, backbone, weights, stride, shift_text, pattern, flips, rota
                            shifts=parse_int_list(shift_text, "shifts"), pattern=pattern, flips=flips,
                            rotations=rotations, device=device, batch_size=batch_size)
     engine = FeatureEngine(config, dtype=dtype)
-    run = FileRun()
+    run = FileRun(len(inputs))
     blockwise = fmt == "ome-zarr" or block_size is not None
     if blockwise and images == ():
         raise ConfigError("block-wise features (--format ome-zarr / --block-size) need input files; give an image.")
+    on_cluster = workers is not None or scheduler is not None
+    if on_cluster and images == ():
+        raise ConfigError("--workers / --scheduler need input files; give images or folders.")
     try:
         bb = engine.backbone
     except WeightsUnavailableError as exc:
@@ -147,6 +155,14 @@ def features(images, backbone, weights, stride, shift_text, pattern, flips, rota
         click.secho("falling back to classical features (no weights needed); no attention map without a ViT.",
                     fg="yellow", err=True)
         classical = FeatureEngine(FeatureConfig(kind="classical"))
+        if on_cluster:
+            from hrdv2.distributed.commands import classical_file
+
+            args = (load_pages, _classical_fallback, out, pca_png)
+            _features_on_cluster(classical, inputs, out, blockwise, block_size, tile, classical_file, args, pca_png,
+                                 run, workers, scheduler)
+            run.finish(len(inputs))
+            return
         for name, path in inputs:
             with run.step(path or name):
                 if blockwise:
@@ -159,6 +175,13 @@ def features(images, backbone, weights, stride, shift_text, pattern, flips, rota
     fz = engine.featurizer(attention=True, dtype=dtype, progress=True)
     if not bb.pretrained:
         click.secho(f"note: {bb.describe()}: features are NOT meaningful, only the mechanics are.", fg="yellow", err=True)
+    if on_cluster:
+        from hrdv2.distributed.commands import featurise_file
+
+        args = (load_pages, _featurise_one, out, fmt, pca_png, attention_png)
+        _features_on_cluster(engine, inputs, out, blockwise, block_size, tile, featurise_file, args, pca_png, run,
+                             workers, scheduler)
+        inputs = []
     for name, path in inputs:
         with run.step(path or name):
             if blockwise:
@@ -167,6 +190,30 @@ def features(images, backbone, weights, stride, shift_text, pattern, flips, rota
             for page_name, image in load_pages(name, path):
                 _featurise_one(fz, page_name, image, out, fmt, pca_png, attention_png)
     run.finish(len(inputs))
+
+
+def _features_on_cluster(engine, inputs, out: Path, blockwise: bool, block_size: int | None, tile: int, file_func,
+                         file_args: tuple, pca_png: bool, run: FileRun, workers: int | None,
+                         scheduler: str | None) -> None:
+    """``features`` on a Dask cluster: one task per file (``file_func`` runs this module's per-page
+    steps on a worker) or, block-wise, one per block; lines and failures reported as they come."""
+    from hrdv2.distributed import features_on_cluster, open_client
+
+    def after(path: Path, target: Path, plan, n_features: int) -> str:
+        stem = path.name.split(".")[0]
+        if pca_png:
+            _pyramid_pca_png(target, out / f"{stem}_pca.png")
+        dims = "x".join(str(n) for n in reversed(plan.shape))
+        return (f"{stem}: {dims} | {engine.describe()} | block-wise on the cluster, {len(plan)} blocks of "
+                f"{plan.block_shape[-1]} px | {n_features} channels -> {target}\n")
+
+    with open_client(workers, scheduler, echo=click.echo) as client:
+        for outcome in features_on_cluster(client, engine, [p for _, p in inputs], out, blockwise=blockwise,
+                                           block_size=block_size, tile=tile, file_func=file_func, file_args=file_args,
+                                           after_blockwise=after, echo=click.echo):
+            with run.step(outcome.name):
+                outcome.result()
+                click.echo(outcome.output, nl=False)
 
 
 def _featurise_blockwise(engine, path: Path, out: Path, block_size: int | None, tile: int, pca_png: bool) -> None:

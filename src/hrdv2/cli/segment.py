@@ -200,13 +200,19 @@ def _predict_bytes(seg, shape: tuple[int, ...]) -> int:
 @click.option("--crf/--no-crf", default=None, help="Override the model's CRF setting.")
 @click.option("--device", default=None, help="Where deep features run: cpu, cuda, cuda:N, mps or auto "
               "[default: the model's].")
-def apply(model, inputs, out_dir, fmt, block_size, tile, proba, crf, device) -> None:
+@click.option("--workers", type=click.IntRange(1), default=None,
+              help="Run on a local Dask cluster of N worker processes: one task per file, or per block with "
+                   "--format ome-zarr/bigtiff (see docs/distributed.md).")
+@click.option("--scheduler", default=None, metavar="ADDRESS|FILE",
+              help="Run on an existing Dask cluster: its scheduler address (tcp://host:8786) or scheduler file.")
+def apply(model, inputs, out_dir, fmt, block_size, tile, proba, crf, device, workers, scheduler) -> None:
     """Segment files, folders and multi-page TIFF stacks with a trained MODEL.
 
     A file that cannot be read or segmented is reported and skipped; the others are still
     written, with their phase fractions, and the command exits 1 at the end. Block-wise runs
     (--format ome-zarr/bigtiff, or --block-size) read tiled TIFF, zarr and .npy inputs region by
-    region, and an interrupted run resumes where it stopped."""
+    region, and an interrupted run resumes where it stopped. With --workers or --scheduler the
+    files (or blocks) are tasks on a Dask cluster, with the same results."""
     from hrdv2.io import expand_inputs, write_text_atomic
     from hrdv2.segmentation import Segmenter
 
@@ -229,9 +235,23 @@ def apply(model, inputs, out_dir, fmt, block_size, tile, proba, crf, device) -> 
     if not files:
         raise HRDv2Error(f"no images found in {', '.join(map(str, inputs))}.")
     rows: list[list] = []
-    run = FileRun()
+    run = FileRun(len(files))
     model_key = _file_key(Path(model))
-    for path in tqdm(files, desc="applying", unit="file", disable=None):
+    on_cluster = workers is not None or scheduler is not None
+    if on_cluster:
+        from hrdv2.distributed import apply_on_cluster, open_client
+
+        results = {}
+        with open_client(workers, scheduler, echo=click.echo) as client:
+            for outcome in apply_on_cluster(
+                    client, seg, files, out_dir, model=Path(model), fmt=fmt, block_size=block_size, tile=tile,
+                    proba=proba, whole=_apply_whole, blockwise=_apply_blockwise, fractions=_label_fractions,
+                    writer_key=lambda p: f"{model_key}|{_file_key(p)}|{block_size}|{tile}", model_key=model_key,
+                    echo=click.echo):
+                with run.step(outcome.name):
+                    results[outcome.name] = outcome.result()
+        rows.extend([str(p), i] + list(f) for p in files if p in results for i, f in enumerate(results[p]))
+    for path in tqdm([] if on_cluster else files, desc="applying", unit="file", disable=None):
         with run.step(path):
             if blockwise:
                 fractions = _apply_blockwise(seg, path, out_dir, fmt, block_size, tile, proba, model_key)

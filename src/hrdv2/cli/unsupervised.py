@@ -153,7 +153,7 @@ def unsupervised(images: tuple[str, ...], out_dir: str, **kw: Any) -> None:
     click.echo(setup)
     _untrained_note(fz)
     header = {"setup": setup, "untrained": not fz.backbone.pretrained}
-    run = FileRun()
+    run = FileRun(len(paths))
     for p in tqdm(paths, desc="unsupervised", unit="img", disable=len(paths) < 2):
         with run.step(p):
             pages = read_stack(p)

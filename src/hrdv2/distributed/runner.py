@@ -89,6 +89,13 @@ def _read_marker(marker: Path, key: str, out_dir: Path) -> dict | None:
     return data
 
 
+def _stable(value: Any) -> str:
+    """A repr that is the same in every run (functions by name, not by address)."""
+    if callable(value) and hasattr(value, "__qualname__"):
+        return f"{value.__module__}.{value.__qualname__}"
+    return repr(value)
+
+
 def file_task(spec: ModelRef | EngineSpec, func: Callable[..., Any], path: Path, args: tuple, out_dir: Path,
               marker: Path, key: str) -> tuple[Any, str]:
     """On a worker: ``func(loaded spec, path, *args)`` with its printing captured; then the marker."""
@@ -119,7 +126,7 @@ def run_file_tasks(client: Any, spec: ModelRef | EngineSpec, func: Callable[...,
     for path in files:
         marker = _marker_path(done_dir, path)
         try:
-            key = f"{spec.key}|{file_identity(path)}|{func.__module__}.{func.__qualname__}|{args!r}"
+            key = f"{spec.key}|{file_identity(path)}|{_stable(func)}|{[_stable(a) for a in args]}"
         except OSError as exc:  # a missing input: reported like any other bad input
             skipped.append(Outcome(path, error=exc))
             continue
@@ -257,10 +264,10 @@ def _window(block: Any) -> str:
     return ", ".join(f"{ax} {s.start}:{s.stop}" for ax, s in zip("zyx"[-len(block.write):], block.write))
 
 
-def run_block_jobs(client: Any, spec: ModelRef | EngineSpec, jobs: Sequence[tuple[BlockJob, Any, list[Any]]],
+def run_block_jobs(client: Any, spec: ModelRef | EngineSpec, jobs: Sequence[tuple[BlockJob, Any, set[int]]],
                    finish: Callable[[int], Any], *, echo: Callable[[str], None] = print) -> Iterator[Outcome]:
-    """One task per block not yet written, over every job; ``jobs`` holds ``(job, plan, started
-    writers)`` (the client called ``start`` on each). When all of a job's blocks are in, ``finish(i)``
+    """One task per block not yet written, over every job; ``jobs`` holds ``(job, plan, blocks already
+    written)`` (see :func:`start_writers`). When all of a job's blocks are in, ``finish(i)``
     runs on the client (e.g. ``writer.finish()`` and the phase fractions) and its value is the
     job's outcome; a job with a failed block keeps its stage (a re-run resumes) and its outcome
     carries the first failure, naming the block."""
@@ -271,8 +278,7 @@ def run_block_jobs(client: Any, spec: ModelRef | EngineSpec, jobs: Sequence[tupl
     pending: list[int] = []
     errors: list[list[str]] = [[] for _ in jobs]
     already = 0
-    for j, (job, plan, writers) in enumerate(jobs):
-        done = set.intersection(*(w._done_at_start for w in writers)) if writers else set()
+    for j, (job, plan, done) in enumerate(jobs):
         todo = [i for i in range(len(plan)) if i not in done]
         already += len(plan) - len(todo)
         if done:
@@ -314,7 +320,9 @@ def run_block_jobs(client: Any, spec: ModelRef | EngineSpec, jobs: Sequence[tupl
                 yield close(j)
 
 
-def start_writer(writer: Any, plan: Any) -> tuple[Any, WriterSpec]:
-    """Start a staged writer on the client (resuming its stage) and the spec workers attach with."""
-    writer._done_at_start = writer.start(plan, resume=True)
-    return writer, WriterSpec.of(writer).started(writer)
+def start_writers(writers: Sequence[Any], plan: Any) -> tuple[set[int], tuple[WriterSpec, ...]]:
+    """Start staged writers on the client (resuming their stages): the blocks every one of them
+    already holds, and the specs workers attach with."""
+    done = [writer.start(plan, resume=True) for writer in writers]
+    specs = tuple(WriterSpec.of(w).started(w) for w in writers)
+    return (set.intersection(*done) if done else set()), specs

@@ -30,27 +30,29 @@ MAX_CONTEXTS = 8  # block contexts (open reader + BlockFeatures + writers) kept 
 
 @dataclass(frozen=True)
 class ModelRef:
-    """A trained model's file bytes and their digest (the cache key); ``crf`` overrides the model's."""
+    """A trained model's file bytes and their digest (the cache key); ``crf`` and ``device``
+    override the model's settings (runtime choices, as ``hrdv2 apply --crf/--device`` make them)."""
 
     digest: str
     data: bytes = field(repr=False)
     crf: bool | None = None
+    device: str | None = None
 
     @classmethod
-    def from_file(cls, path: str | os.PathLike, crf: bool | None = None) -> "ModelRef":
+    def from_file(cls, path: str | os.PathLike, crf: bool | None = None, device: str | None = None) -> "ModelRef":
         data = Path(path).read_bytes()
-        return cls(hashlib.sha256(data).hexdigest(), data, crf)
+        return cls(hashlib.sha256(data).hexdigest(), data, crf, device)
 
     @classmethod
     def from_segmenter(cls, seg: Any) -> "ModelRef":
         """Serialise an in-memory Segmenter (through its own ``save``: the same allow-listed file)."""
         with tempfile.TemporaryDirectory() as tmp:
             path = seg.save(Path(tmp) / "model.skops")
-            return cls.from_file(path, crf=seg.crf)
+            return cls.from_file(path, crf=seg.crf, device=seg.features.device)
 
     @property
     def key(self) -> tuple:
-        return ("model", self.digest, self.crf)
+        return ("model", self.digest, self.crf, self.device)
 
     def load(self, state: "WorkerState") -> Any:
         from hrdv2.segmentation import Segmenter
@@ -62,6 +64,8 @@ class ModelRef:
         seg.backbones = state.backbones
         if self.crf is not None:
             seg.crf = self.crf
+        if self.device is not None and self.device != seg.features.device:
+            seg.features = seg.features.replace(device=self.device)
         return seg
 
 
@@ -125,6 +129,11 @@ class StatePlugin(WorkerPlugin):
     idempotent = True  # registering again (a second run on the same cluster) keeps the loaded models
 
     def setup(self, worker: Any) -> None:
+        import warnings
+
+        # scikit-learn notes that a daemonic worker runs forests with n_jobs=1: intended here (one
+        # thread per worker process), so say nothing once per task
+        warnings.filterwarnings("ignore", message="Inside a Dask worker with daemon=True", category=UserWarning)
         self.state = WorkerState()
 
     def teardown(self, worker: Any) -> None:

@@ -1,0 +1,233 @@
+"""Block-wise engine: memory and speed at any size, against the whole-image run in the same session.
+
+Every row runs in a fresh process (peak RSS is the child's own ``ru_maxrss``); inputs are made
+from real micrographs in ../shared/data (tiled TIFF mosaics of superalloy/isb_0, the ISBI 2012
+stack for volumes). Rows:
+
+* ``apply`` -- classical features + random forest (trained on isb_0's scribbles) over an N^2
+  tiled TIFF into OME-Zarr, block-wise; reference: today's whole-image ``hrdv2 apply`` to PNG
+  at the sizes where it fits (``--reference-max``). Labels of the two are compared pixel by pixel.
+* ``deep`` -- deep features (``--backbone/--weights``, default random weights: UNTRAINED) of an
+  N^2 image to OME-Zarr, block-wise with blended tiles; peak RSS is the target.
+* ``volume`` -- a V^3 uint8 volume (the ISBI stack tiled) segmented with 3-D classical filters by
+  a model trained on two labelled slices.
+* ``seams`` -- deep features tiled vs whole-image: per-pixel cosine (median, 1st percentile).
+
+Usage: python benchmarks/blockwise.py [--sizes 2048,8192] [--deep-size 2048] [--volume-size 256]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+HERE = Path(__file__).resolve()
+
+
+def _peak_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+
+
+# ------------------------------------------------------------------------------------------ children
+
+
+def child_apply(work: Path, size: int, mode: str, block: int) -> dict:
+    from hrdv2.segmentation import Segmenter
+    from hrdv2.segmentation.blockwise import label_writer, segment_blockwise
+
+    seg = Segmenter.load(work / "model.skops")
+    src = work / f"mosaic_{size}.tif"
+    t0 = time.perf_counter()
+    if mode == "blockwise":
+        out = segment_blockwise(seg, src, label_writer("ome-zarr", work / f"labels_{size}.ome.zarr", f"bench{size}"),
+                                block_size=block, resume=False)
+    else:
+        from hrdv2.io import read_image, write_image
+
+        image = read_image(src, max_bytes=1 << 40)
+        write_image(work / f"labels_{size}.png", seg.predict(image))
+        out = work / f"labels_{size}.png"
+    secs = time.perf_counter() - t0
+    return {"seconds": secs, "mpx_s": size * size / secs / 1e6, "peak_gb": _peak_gb(), "out": str(out)}
+
+
+def child_deep(work: Path, size: int, backbone: str, weights: str, shifts: str, block: int | None, tile: int) -> dict:
+    from hrdv2.blocks import OmeZarrWriter, map_blocks, open_array
+    from hrdv2.engine import FeatureEngine
+    from hrdv2.engine.blockwise import BlockFeatures, block_sizes_for
+    from hrdv2.features.sets import FeatureConfig
+
+    shift_list = tuple(int(v) for v in shifts.split(",") if v)
+    engine = FeatureEngine(FeatureConfig(kind="deep", backbone=backbone, weights=weights, shifts=shift_list))
+    lazy = open_array(work / f"mosaic_{size}.tif")
+    bf = BlockFeatures(engine, lazy, block_sizes_for("deep", block, tile, tile // 8), tile=tile, overlap=tile // 8)
+    t0 = time.perf_counter()
+    map_blocks(lazy, bf.plan, bf.features, OmeZarrWriter(work / f"deep_{size}.ome.zarr", np.float32, bf.n_features,
+                                                         key="bench"), resume=False)
+    secs = time.perf_counter() - t0
+    return {"seconds": secs, "peak_gb": _peak_gb(), "blocks": len(bf.plan), "tiles_computed": bf.tiles_computed,
+            "backbone": engine.describe(), "channels": bf.n_features}
+
+
+def child_volume(work: Path, size: int, block: int) -> dict:
+    from hrdv2.blocks import open_array
+    from hrdv2.segmentation import Segmenter
+    from hrdv2.segmentation.blockwise import label_writer, segment_blockwise
+
+    seg = Segmenter.load(work / "volume.skops")
+    t0 = time.perf_counter()
+    segment_blockwise(seg, open_array(work / f"volume_{size}.npy"),
+                      label_writer("ome-zarr", work / f"volume_{size}.ome.zarr", "bench"), block_size=block, resume=False)
+    secs = time.perf_counter() - t0
+    return {"seconds": secs, "mvox_s": size**3 / secs / 1e6, "peak_gb": _peak_gb()}
+
+
+def child_seams(backbone: str, weights: str, size: int, tile: int) -> dict:
+    from hrdv2.engine import FeatureEngine
+    from hrdv2.engine.blockwise import tiled_features
+    from hrdv2.features.sets import FeatureConfig
+    from hrdv2.io import read_image
+
+    image = read_image(DATA / "superalloy" / "isb_0.png")[:size, :size]
+    engine = FeatureEngine(FeatureConfig(kind="deep", backbone=backbone, weights=weights, shifts=()))
+    whole = engine.compute(image)
+    tiled = tiled_features(engine, image, tile=tile, overlap=tile // 8)
+    a, b = whole.reshape(-1, whole.shape[-1]), tiled.reshape(-1, whole.shape[-1])
+    cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
+    return {"median": float(np.median(cos)), "p1": float(np.percentile(cos, 1)), "backbone": engine.describe()}
+
+
+# ------------------------------------------------------------------------------------------ parent
+
+
+def run_child(*args: str) -> dict:
+    out = subprocess.run([sys.executable, str(HERE), "--child", *args], capture_output=True, text=True)
+    if out.returncode != 0:
+        return {"error": (out.stderr.strip().splitlines() or ["?"])[-1]}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def make_inputs(work: Path, sizes: list[int], volume_size: int) -> None:
+    import tifffile
+
+    from hrdv2.io import read_image, read_labels
+    from hrdv2.segmentation import Segmenter
+
+    alloy = read_image(DATA / "superalloy" / "isb_0.png")
+    seg = Segmenter("classical").fit([alloy], [read_labels(DATA / "superalloy" / "isb_0_scribble.png")])
+    seg.save(work / "model.skops")
+    for n in sizes:
+        reps = -(-n // alloy.shape[0])
+        with tifffile.TiffWriter(work / f"mosaic_{n}.tif", bigtiff=True) as tif:  # written band by band
+            def tiles():
+                for ty in range(0, n, 256):
+                    for tx in range(0, n, 256):
+                        yy = (np.arange(ty, ty + 256) % alloy.shape[0])[:, None]
+                        xx = (np.arange(tx, tx + 256) % alloy.shape[1])[None, :]
+                        yield alloy[yy, xx]
+            tif.write(tiles(), shape=(n, n), dtype=np.uint8, tile=(256, 256))
+        del reps
+    d = DATA / "isbi2012"
+    stack = np.stack([read_image(d / f"isbi_{i:02d}.png") for i in range(10)])
+    gt = np.stack([read_labels(d / f"isbi_{i:02d}_gt.png") for i in range(10)])
+    v = volume_size
+    zz = np.arange(v) % 10
+    vol = np.lib.format.open_memmap(work / f"volume_{v}.npy", mode="w+", dtype=np.uint8, shape=(v, v, v))
+    for z in range(v):
+        vol[z] = np.tile(stack[zz[z]], (-(-v // 512), -(-v // 512)))[:v, :v]
+    vol.flush()
+    lab = np.zeros((10, 512, 512), np.uint8)
+    rng = np.random.default_rng(0)
+    for z in (2, 7):
+        keep = rng.random((512, 512)) < 0.02
+        lab[z][keep] = gt[z][keep]
+    tifffile.imwrite(work / "vol10.tif", stack, photometric="minisblack")
+    tifffile.imwrite(work / "vol10_lab.tif", lab, photometric="minisblack")
+    subprocess.run([sys.executable, "-m", "hrdv2.cli.main", "train", "--image", str(work / "vol10.tif"), "--scribble",
+                    str(work / "vol10_lab.tif"), "--volume", "--spacing", "12.5,1,1", "--out", str(work / "volume.skops")],
+                   check=True, capture_output=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--sizes", default="2048,8192", help="apply sizes (px per side), e.g. 2048,8192,16384,32768")
+    ap.add_argument("--reference-max", type=int, default=8192, help="largest size the whole-image reference runs at")
+    ap.add_argument("--block-size", type=int, default=1024)
+    ap.add_argument("--deep-size", type=int, default=1024, help="deep-features image side (0: skip)")
+    ap.add_argument("--deep-shifts", default="1,2", help="HR-Dv2 shifts for the deep row ('' = identity only)")
+    ap.add_argument("--tile", type=int, default=448)
+    ap.add_argument("--volume-size", type=int, default=128, help="volume side (0: skip)")
+    ap.add_argument("--backbone", default="dinov2_vits14")
+    ap.add_argument("--weights", default="random", help="local checkpoint, or 'random' (UNTRAINED: speed/memory only)")
+    ap.add_argument("--seams-size", type=int, default=448, help="image side for the tiled-vs-whole cosine (0: skip)")
+    ap.add_argument("--child", nargs=argparse.REMAINDER)
+    a = ap.parse_args(argv)
+    if a.child:
+        kind, *rest = a.child
+        fns = {"apply": lambda w, s, m, b: child_apply(Path(w), int(s), m, int(b)),
+               "deep": lambda w, s, bb, wt, sh, b, t: child_deep(Path(w), int(s), bb, wt, sh, int(b) or None, int(t)),
+               "volume": lambda w, s, b: child_volume(Path(w), int(s), int(b)),
+               "seams": lambda bb, wt, s, t: child_seams(bb, wt, int(s), int(t))}
+        print(json.dumps(fns[kind](*rest)))
+        return 0
+
+    sizes = [int(s) for s in a.sizes.split(",") if s]
+    print(f"# hrdv2 block-wise benchmark ({platform.node()}, {os.cpu_count()} CPUs, "
+          f"{time.strftime('%Y-%m-%d %H:%M')}); every row a fresh process")
+    with tempfile.TemporaryDirectory(prefix="hrdv2-bw-") as tmp:
+        work = Path(tmp)
+        t0 = time.perf_counter()
+        make_inputs(work, sorted(set(sizes + ([a.deep_size] if a.deep_size else []))), a.volume_size or 16)
+        print(f"inputs made in {time.perf_counter() - t0:.0f} s\n")
+        print("| classical apply | block-wise s | Mpx/s | peak RSS | whole-image s | Mpx/s | peak RSS | speed ratio "
+              "| memory ratio | labels equal |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
+        for n in sizes:
+            bw = run_child("apply", str(work), str(n), "blockwise", str(a.block_size))
+            ref = run_child("apply", str(work), str(n), "whole", "0") if n <= a.reference_max else {}
+            equal = "-"
+            if "out" in bw and "out" in ref:
+                import zarr
+
+                from hrdv2.io import read_labels
+
+                z = zarr.open_group(bw["out"], mode="r")["0"]
+                whole = read_labels(ref["out"], max_bytes=1 << 40)
+                equal = "yes" if all(np.array_equal(np.asarray(z[y:y + 2048]), whole[y:y + 2048])
+                                     for y in range(0, n, 2048)) else "NO"
+            fmt = lambda r, k: f"{r[k]:.2f}" if k in r else r.get("error", "not run")[:60]  # noqa: E731
+            ratio_t = f"{ref['seconds'] / bw['seconds']:.2f}x" if "seconds" in ref and "seconds" in bw else "-"
+            ratio_m = f"{ref['peak_gb'] / bw['peak_gb']:.2f}x less" if "peak_gb" in ref and "peak_gb" in bw else "-"
+            print(f"| {n}^2 | {fmt(bw, 'seconds')} | {fmt(bw, 'mpx_s')} | {fmt(bw, 'peak_gb')} GB | {fmt(ref, 'seconds')} "
+                  f"| {fmt(ref, 'mpx_s')} | {fmt(ref, 'peak_gb')} GB | {ratio_t} | {ratio_m} | {equal} |", flush=True)
+        if a.deep_size:
+            r = run_child("deep", str(work), str(a.deep_size), a.backbone, a.weights, a.deep_shifts, "0", str(a.tile))
+            print(f"\ndeep features {a.deep_size}^2 -> OME-Zarr (shifts {a.deep_shifts or 'none'}, tile {a.tile}): "
+                  + (f"{r['seconds']:.1f} s, peak RSS {r['peak_gb']:.2f} GB, {r['blocks']} blocks, {r['tiles_computed']} "
+                     f"tile passes, {r['channels']} channels, {r['backbone']}" if "seconds" in r else r["error"]), flush=True)
+        if a.volume_size:
+            r = run_child("volume", str(work), str(a.volume_size), "128")
+            print(f"volume {a.volume_size}^3 uint8, 3-D filters, model from two labelled slices: "
+                  + (f"{r['seconds']:.1f} s ({r['mvox_s']:.2f} Mvox/s), peak RSS {r['peak_gb']:.2f} GB"
+                     if "seconds" in r else r["error"]), flush=True)
+        if a.seams_size:
+            r = run_child("seams", a.backbone, a.weights, str(a.seams_size), str(min(a.tile, a.seams_size // 2)))
+            print(f"seams: deep features tiled (tile {min(a.tile, a.seams_size // 2)}) vs whole image at {a.seams_size}^2: "
+                  + (f"cosine median {r['median']:.4f}, 1st percentile {r['p1']:.4f} ({r['backbone']})"
+                     if "median" in r else r["error"]), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
