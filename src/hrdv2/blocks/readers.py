@@ -87,7 +87,13 @@ class LazyArray:
         src_key: list[Any] = [0] * len(self._src.shape)
         for out_axis, src_axis in enumerate(self._axes):
             src_key[src_axis] = key[out_axis]
-        data = np.asarray(self._src[tuple(src_key)])
+        try:
+            data = np.asarray(self._src[tuple(src_key)])
+        except (MemoryError, KeyboardInterrupt):
+            raise
+        except Exception as exc:  # a truncated or corrupt file fails only when its region is read
+            raise ImageReadError(f"{self.name}: cannot read the region {tuple(src_key)} ({type(exc).__name__}: "
+                                 f"{exc}); the file is damaged or truncated: re-copy or re-export it.") from exc
         kept = [a for a, k in zip(self._axes, key) if not isinstance(k, (int, np.integer))]
         order = sorted(kept)  # numpy returns kept source axes in source order
         perm = [order.index(a) for a in kept]
