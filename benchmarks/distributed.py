@@ -23,7 +23,10 @@ import threading
 import time
 from pathlib import Path
 
-import numpy as np
+# this file is called distributed.py: keep its folder off sys.path so `import distributed` finds Dask's
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
+
+import numpy as np  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "superalloy"
@@ -37,9 +40,9 @@ def make_inputs(root: Path, n_images: int, side: int, big: int) -> tuple[Path, P
     from hrdv2.io import read_image, read_labels
     from hrdv2.segmentation import Segmenter
 
-    tiles = [read_image(DATA / f"isb_{i}.png") for i in (0, 1, 3)]
-    tiles = [t[:512, :512] for t in tiles if t.ndim == 2]
-    variants = [t[::sy, ::sx] for t in tiles for sy in (1, -1) for sx in (1, -1)]  # 12 distinct 512^2 tiles
+    sources = [DATA / "isb_0.png", DATA / "isb_1.png"] + sorted(DATA.glob("nasa_spot*_?d_?.png"))
+    tiles = [t[:512, :512] for t in map(read_image, sources) if t.ndim == 2 and min(t.shape) >= 512]
+    variants = [t[::sy, ::sx] for t in tiles for sy in (1, -1) for sx in (1, -1)]  # 48 distinct 512^2 tiles
     rng = np.random.default_rng(0)
 
     def mosaic(n: int) -> np.ndarray:
@@ -127,6 +130,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--block-size", type=int, default=1024)
     args = ap.parse_args()
+    start, per_task = task_overhead(args.workers)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         folder, big, model = make_inputs(root, args.n_images, args.side, args.big)
@@ -147,7 +151,6 @@ def main() -> None:
 
         same_big = np.array_equal(zarr.open_group(str(root / "b1/big_labels.ome.zarr"), mode="r")["0"][:],
                                   zarr.open_group(str(root / "b2/big_labels.ome.zarr"), mode="r")["0"][:])
-    start, per_task = task_overhead(args.workers)
     mpx_folder = args.n_images * args.side**2 / 1e6
     mpx_big = args.big**2 / 1e6
     n_blocks = (-(-args.big // args.block_size)) ** 2

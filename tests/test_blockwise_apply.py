@@ -60,17 +60,15 @@ def test_tile_grid_covers_every_pixel_with_positive_weights():
         assert weight.shape == (rows.stop - rows.start, cols.stop - cols.start) and weight.min() > 0
         w[rows, cols] += weight
     assert w.min() > 0
-    assert tile_starts(300, 112, 14)[-1] == 300 - 112 and tile_starts(50, 112, 14) == [0]
+    assert tile_starts(300, 112, 14) == [0, 98, 196] and tile_starts(50, 112, 14) == [0]
+    assert tile_starts(230, 112, 14) == [0, 98, 118]  # a remainder under half a tile: the last tile ends flush
     with pytest.raises(ConfigError, match="overlap"):
         TileGrid((100, 100), tile=20, overlap=14)
 
 
 def test_deep_blockwise_equals_whole_image_tiled_run(tiny_backbone):
-    from hrdv2.engine import BackboneCache
-
-    cache = BackboneCache()
-    cache._loaded[("dinov2_vits14", "random", "cpu")] = tiny_backbone  # the session's random-weight ViT
-    engine = FeatureEngine(FeatureConfig(kind="deep", weights="random", shifts=()), backbones=cache)
+    engine = FeatureEngine.for_backbone(tiny_backbone, shifts=())  # the session's random-weight ViT
+    assert engine.backbone is tiny_backbone
     rng = np.random.default_rng(0)
     image = (rng.random((90, 118)) * 255).astype(np.uint8)
     tiled = tiled_features(engine, image, tile=56, overlap=14)

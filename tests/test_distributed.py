@@ -88,6 +88,8 @@ def test_folder_apply_equals_single_process_and_bad_file_is_reported(client, dat
     code, out = _apply(model, bad, "--out", tmp_path / "many", "--scheduler", client.scheduler.address)
     assert code == 1, out
     assert "broken.png" in out and "1 of 5 file(s) failed" in out
+    loads = client.run(lambda dask_worker: dask_worker.plugins["hrdv2-state"].state.loads)
+    assert max(loads.values()) == 1  # each worker loaded the model once, whatever its number of tasks
     _same_folder(tmp_path / "one", tmp_path / "many", [f"crop{i}_labels.png" for i in range(4)])
 
 

@@ -63,6 +63,13 @@ class BackboneCache:
                 self._loaded[key] = load_backbone(name, weights=weights, device=device)
             return self._loaded[key]
 
+    def put(self, backbone: Any, weights: str | None = None) -> None:
+        """Register an already loaded backbone (e.g. the probe's) under its name, weights and device,
+        so engines built for it use it instead of loading another copy."""
+        key = (backbone.name, None if weights is None else str(weights), str(backbone.device))
+        with self._lock:
+            self._loaded[key] = backbone
+
     def __len__(self) -> int:
         return len(self._loaded)
 
@@ -96,6 +103,17 @@ class FeatureEngine:
         self.dtype = dtype  # ViT compute dtype (accumulation stays float32): a runtime choice, not in the key
         self._featurizers: dict[tuple, Any] = {}
         self._lock = threading.Lock()
+
+    @classmethod
+    def for_backbone(cls, backbone: Any, **config: Any) -> "FeatureEngine":
+        """A deep-feature engine over an already loaded ``backbone`` (its name, weights source and
+        device fill the config): for tools that receive a backbone object (the probe)."""
+        weights = getattr(backbone, "weights_source", None)
+        backbones = BackboneCache()
+        backbones.put(backbone, weights)
+        cfg = FeatureConfig(kind=config.pop("kind", "deep"), backbone=backbone.name, weights=weights,
+                            device=str(backbone.device), **config)
+        return cls(cfg, backbones=backbones)
 
     # -- the deep side ------------------------------------------------------------------------
     @property

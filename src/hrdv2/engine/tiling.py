@@ -1,7 +1,7 @@
 """Deep features of large images: the ViT sees one tile at a time, tiles overlap and are blended.
 
-Tiles lie on one *global* grid (origins every ``tile - overlap`` px, the last one flush with the
-image end) and each tile's features are weighted by a linear ramp over the overlap (weight 1
+Tiles lie on one *global* grid (origins every ``tile - overlap`` px; see :func:`tile_starts` for
+the last one) and each tile's features are weighted by a linear ramp over the overlap (weight 1
 inside, falling towards an edge that has a neighbour; no ramp at the image border). A pixel's
 features are the weighted mean over the tiles covering it. Because the grid and the weights are
 global, any window of the image (one block of a block-wise run) gets exactly the values a
@@ -27,12 +27,20 @@ DEFAULT_OVERLAP = 56  # 4 patches
 
 
 def tile_starts(length: int, tile: int, overlap: int) -> list[int]:
-    """Origins of the tiles along one axis of ``length`` px (the last tile ends at ``length``)."""
+    """Origins of the tiles along one axis of ``length`` px, every ``tile - overlap`` px.
+
+    The last tile is cut at the image end when at least half a tile remains (so blocks of two
+    tile steps touch few tiles); a shorter remainder instead ends a full tile flush with the image.
+    """
     if length <= tile:
         return [0]
     step = tile - overlap
-    starts = list(range(0, length - tile, step))
-    starts.append(length - tile)
+    starts = [0]
+    while starts[-1] + tile < length:
+        nxt = starts[-1] + step
+        if length - nxt < tile // 2:
+            nxt = length - tile
+        starts.append(nxt)
     return starts
 
 

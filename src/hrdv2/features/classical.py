@@ -43,6 +43,8 @@ import scipy.ndimage as ndi
 import torch
 
 from hrdv2.errors import ConfigError, ShapeError
+from hrdv2.features.stencils import central_difference as _diff
+from hrdv2.features.stencils import second_difference as _diff2
 from hrdv2.io import to_float01
 
 # Bumped whenever the values of existing channels change, so that models trained before can say so
@@ -185,39 +187,11 @@ def _smooth121(x: np.ndarray, axis: int) -> np.ndarray:
     return out
 
 
-def _diff(x: np.ndarray, axis: int) -> np.ndarray:
-    """Central difference (x[i+1] - x[i-1]) / 2 with ``nearest`` edges (zero on a 1-px axis)."""
-    d = np.empty_like(x)
-    src, dst = np.moveaxis(x, axis, 0), np.moveaxis(d, axis, 0)
-    if src.shape[0] < 2:
-        d[...] = 0
-        return d
-    np.subtract(src[2:], src[:-2], out=dst[1:-1])
-    np.subtract(src[1], src[0], out=dst[0])
-    np.subtract(src[-1], src[-2], out=dst[-1])
-    d *= np.float32(0.5)
-    return d
-
-
 def _sobel(x: np.ndarray, axis: int) -> np.ndarray:
     """Sobel derivative normalised to unit gain: a [1, 2, 1] / 4 smoothing across ``axis``, then
     a central difference along it (slice arithmetic, ~10x faster than ``ndi.sobel`` on a 1024^2
     image, measured; it runs at every sigma). Equals ``ndi.sobel(x, axis, mode="nearest") / 8``."""
     return _diff(_smooth121(x, 1 - axis), axis)
-
-
-def _diff2(x: np.ndarray, axis: int) -> np.ndarray:
-    """Second difference x[i+1] - 2 x[i] + x[i-1] with ``nearest`` edges (zero on a 1-px axis)."""
-    d = np.empty_like(x)
-    src, dst = np.moveaxis(x, axis, 0), np.moveaxis(d, axis, 0)
-    if src.shape[0] < 2:
-        d[...] = 0
-        return d
-    np.add(src[2:], src[:-2], out=dst[1:-1])
-    dst[1:-1] -= 2 * src[1:-1]
-    np.subtract(src[1], src[0], out=dst[0])
-    np.subtract(src[-2], src[-1], out=dst[-1])
-    return d
 
 
 # --------------------------------------------------------------------------- per-level filters

@@ -38,6 +38,8 @@ import numpy as np
 import scipy.ndimage as ndi
 
 from hrdv2.errors import ConfigError, ShapeError
+from hrdv2.features.stencils import central_difference as _diff
+from hrdv2.features.stencils import second_difference as _diff2
 from hrdv2.features.classical import DEFAULT_SIGMAS
 
 VOLUME_FILTERS: tuple[str, ...] = ("intensity", "gaussian", "gradient", "hessian", "dog", "structure")
@@ -152,34 +154,6 @@ def classical3d_halo(
 
 
 # --------------------------------------------------------------------------- numerics
-
-def _diff(x: np.ndarray, axis: int) -> np.ndarray:
-    """Central difference (x[i+1] - x[i-1]) / 2, edge voxel repeated (zero on a 1-voxel axis)."""
-    d = np.empty_like(x)
-    src, dst = np.moveaxis(x, axis, 0), np.moveaxis(d, axis, 0)
-    if src.shape[0] < 2:
-        d[...] = 0
-        return d
-    np.subtract(src[2:], src[:-2], out=dst[1:-1])
-    np.subtract(src[1], src[0], out=dst[0])
-    np.subtract(src[-1], src[-2], out=dst[-1])
-    d *= np.float32(0.5)
-    return d
-
-
-def _diff2(x: np.ndarray, axis: int) -> np.ndarray:
-    """Second difference x[i+1] - 2 x[i] + x[i-1], edge voxel repeated (zero on a 1-voxel axis)."""
-    d = np.empty_like(x)
-    src, dst = np.moveaxis(x, axis, 0), np.moveaxis(d, axis, 0)
-    if src.shape[0] < 2:
-        d[...] = 0
-        return d
-    np.add(src[2:], src[:-2], out=dst[1:-1])
-    dst[1:-1] -= 2 * src[1:-1]
-    np.subtract(src[1], src[0], out=dst[0])
-    np.subtract(src[-2], src[-1], out=dst[-1])
-    return d
-
 
 def _eigvalsh3(a11, a22, a33, a12, a13, a23) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Eigenvalues (max, mid, min) of symmetric 3x3 matrices given by their six entries (1-d arrays).

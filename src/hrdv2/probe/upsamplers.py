@@ -116,12 +116,12 @@ class HRDv2:
     name: str = ""
 
     def __call__(self, image: np.ndarray, backbone: Any) -> torch.Tensor:
-        from hrdv2.engine import transform_set
-        from hrdv2.upsample import HighResFeaturizer
+        from hrdv2.engine import FeatureEngine
 
-        tfs = transform_set(self.shift_distances, "moore", self.flip)
         stride = self.stride if self.stride is None or self.stride > 0 else max(1, backbone.patch_size // 2)
-        fz = HighResFeaturizer(backbone, stride=stride, transforms=tfs, batch_size=self.batch_size, attention=False)
+        engine = FeatureEngine.for_backbone(backbone, stride=stride, shifts=tuple(self.shift_distances),
+                                            flips=self.flip, batch_size=self.batch_size)
+        fz = engine.featurizer()
         return fz(image).features
 
 
