@@ -135,6 +135,12 @@ def features(images, backbone, weights, stride, shift_text, pattern, flips, rota
     out = Path(out_dir)
     check_outputs(folders=(out,))
     inputs = iter_inputs(images)
+    missing = [str(path) for _, path in inputs if path is not None and not path.exists()]
+    if missing:  # a typo: say so before the (slow) backbone load
+        from hrdv2.errors import ImageReadError
+
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise ImageReadError(f"{missing[0]}: no such file{more}. Check the path (relative paths start at {Path.cwd()}).")
     config = FeatureConfig(kind="deep", backbone=backbone, weights=weights, stride=stride,
                            shifts=parse_int_list(shift_text, "shifts"), pattern=pattern, flips=flips,
                            rotations=rotations, device=device, batch_size=batch_size)
