@@ -110,7 +110,7 @@ def _classical_fallback(name: str, image: np.ndarray, out: Path, pca_png: bool) 
               show_default=True,
               help="Feature file format, (C, H, W) float32; ome-zarr: block-wise, any image size, with a pyramid.")
 @click.option("--block-size", type=click.IntRange(16), default=None,
-              help="Featurise in blocks of this many px per side (implies --format ome-zarr; default: two tile steps).")
+              help="Featurise in blocks of this many px per side (implies --format ome-zarr; default: one tile step).")
 @click.option("--tile", type=click.IntRange(28), default=448, show_default=True,
               help="Block-wise: ViT tile side in px (tiles overlap by 1/8 and are blended, so there are no seams).")
 @click.option("--pca-png/--no-pca-png", default=True, show_default=True, help="Write a PCA picture of the features.")

@@ -193,7 +193,7 @@ def _predict_bytes(seg, shape: tuple[int, ...]) -> int:
                    "with a multiscale pyramid (NAME_labels.ome.zarr / NAME_labels.ome.tif).")
 @click.option("--block-size", type=click.IntRange(16), default=None,
               help="Process in blocks of this many px per side (bounded memory; default with ome-zarr/bigtiff: 1024 "
-                   "for classical features, two tile steps for deep).")
+                   "for classical features, one tile step for deep).")
 @click.option("--tile", type=click.IntRange(28), default=448, show_default=True,
               help="Deep features block-wise: ViT tile side in px (tiles overlap by 1/8 and are blended).")
 @click.option("--proba/--no-proba", default=False, help="Also write float32 probability maps (STEM_proba.tif).")

@@ -115,9 +115,12 @@ def blended_features(
         w = weight[part]
         if acc is None:
             acc = np.zeros(wsum.shape + (feats.shape[-1],), np.float32)
-        acc[dst] += feats[part] * w[..., None]
+        src = feats[part]
+        for r in range(0, w.shape[0], 32):  # row bands: the weighted copy stays small (not a tile-sized temporary)
+            e = min(r + 32, w.shape[0])
+            acc[dst[0].start + r: dst[0].start + e, dst[1]] += src[r:e] * w[r:e, :, None]
         wsum[dst] += w
-        del feats
+        del feats, src
     assert acc is not None
     acc /= wsum[..., None]
     return acc
