@@ -311,12 +311,11 @@ def _apply_blockwise(seg, path: Path, out_dir: Path, fmt: str, block_size: int |
     suffix = {"ome-zarr": ".ome.zarr", "bigtiff": ".ome.tif"}.get(fmt)
     with tqdm(desc=path.name, unit="block", leave=False, disable=None) as bar:
         if suffix is not None:
+            probs = label_writer(fmt, out_dir / f"{stem}_proba{suffix}", key, len(seg.classes_), proba=True) \
+                if proba else None  # written in the same pass: features are computed once
             target = segment_blockwise(seg, lazy, label_writer(fmt, out_dir / f"{stem}_labels{suffix}", key),
-                                       block_size=block_size, tile=tile, overlap=tile // 8, progress=bar)
-            if proba:
-                segment_blockwise(seg, lazy, label_writer(fmt, out_dir / f"{stem}_proba{suffix}", key,
-                                                          len(seg.classes_), proba=True),
-                                  block_size=block_size, tile=tile, overlap=tile // 8, proba=True)
+                                       block_size=block_size, tile=tile, overlap=tile // 8, progress=bar,
+                                       proba_writer=probs)
             labels = open_array(target)
         else:
             labels = segment_blockwise(seg, lazy, block_size=block_size, tile=tile, overlap=tile // 8, progress=bar)

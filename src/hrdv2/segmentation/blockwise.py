@@ -41,13 +41,16 @@ def segment_blockwise(
     tile: int = DEFAULT_TILE,
     overlap: int = DEFAULT_OVERLAP,
     proba: bool = False,
+    proba_writer: BlockWriter | None = None,
     progress: Any = None,
     resume: bool = True,
 ) -> Any:
     """Labels (uint8 class ids; ``proba=True``: float32 class probabilities, channel-last) of an
     image ``(Y, X[, C])`` or stack ``(Z, Y, X[, C])``, block by block.
 
-    ``writer`` receives each block (default: an in-memory array, returned). Returns
+    ``writer`` receives each block (default: an in-memory array, returned). ``proba_writer``
+    additionally receives the probabilities of the same blocks in the same pass (written before
+    the block's labels, so a block whose labels are done has its probabilities too). Returns
     ``writer.finish()``: the output path for disk writers.
     """
     seg._check_fitted()
@@ -66,11 +69,18 @@ def segment_blockwise(
     def func(data: np.ndarray, block) -> np.ndarray:
         feats = bf.features(data, block)
         probs = seg.predict_proba_features(feats.reshape(-1, feats.shape[-1]))
+        if proba_writer is not None:
+            proba_writer.write(block, probs.reshape(feats.shape[:-1] + (probs.shape[-1],)))
         if proba:
             return probs.reshape(feats.shape[:-1] + (probs.shape[-1],))
         return classes[np.argmax(probs, axis=-1)].reshape(feats.shape[:-1])
 
     if writer is None:
         writer = ArrayWriter(np.float32 if proba else np.uint8, len(classes) if proba else None)
-    return map_blocks(lazy, bf.plan, func, writer, progress=progress, resume=resume)
+    if proba_writer is not None:
+        proba_writer.start(bf.plan, resume=resume)
+    result = map_blocks(lazy, bf.plan, func, writer, progress=progress, resume=resume)
+    if proba_writer is not None:
+        proba_writer.finish()
+    return result
 
