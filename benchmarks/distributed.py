@@ -157,7 +157,7 @@ def main() -> None:
     print(f"\nhrdv2 apply, classical logistic model; {os.cpu_count()} cores; {args.n_images} x {args.side}^2 "
           f"micrographs ({mpx_folder:.0f} Mpx), one {args.big}^2 image ({mpx_big:.0f} Mpx, {n_blocks} blocks of "
           f"{args.block_size}^2)\n")
-    print(f"| run | wall s | Mpx/s | vs 1 process | peak RSS client GB | peak RSS per worker GB | cluster start s |")
+    print("| run | wall s | Mpx/s | vs 1 process | peak RSS client GB | peak RSS per worker GB | cluster start s |")
     print("|---|---|---|---|---|---|---|")
     for name, r in res.items():
         mpx = mpx_folder if name.startswith("folder") else mpx_big

@@ -207,7 +207,7 @@ def main() -> int:
             if any(after.get(k) != v for k, v in before.items()):
                 lost += 1
                 crashes.append(f"{name}: a file that existed before changed or vanished")
-        print(f"| cases tried | results (exit 0/1) | clear one-line errors (exit 2) | crashes | data lost |")
+        print("| cases tried | results (exit 0/1) | clear one-line errors (exit 2) | crashes | data lost |")
         print("|---|---|---|---|---|")
         print(f"| {len(all_cases)} | {tally['ok']} | {tally['clear']} | {tally['crash']} | {lost} |")
         for line in crashes:

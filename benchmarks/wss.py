@@ -151,7 +151,8 @@ def run_set(s: dict, kinds: list[str], classifiers: list[str], configs: dict[str
                  "miou_sd": float(np.std(mious)), "featurise_s": tf / len(ref_feats), "fit_s": tfit / seeds,
                  "predict_s": tpred / (seeds * len(s["test"]))})
     for kind in kinds:
-        engine = FeatureEngine(configs[kind], backbones=backbones)
+        cfg = configs[kind]
+        engine = FeatureEngine(cfg, backbones=backbones)
         try:
             feats, tf = [], 0.0
             for im, _ in s["train"] + s["test"]:

@@ -3,7 +3,6 @@ block-wise classical features equal to whole-image ones."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np

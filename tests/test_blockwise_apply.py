@@ -5,8 +5,6 @@ outputs readable by independent readers, resumable, with clear errors."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import tifffile

@@ -19,9 +19,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from hrdv2.errors import ConfigError, ShapeError
+from hrdv2.errors import ConfigError
 from hrdv2.features.classical import (
-    CLASSICAL_VERSION, DEFAULT_FILTERS, DEFAULT_SIGMAS, classical_features, feature_names, resolve_filters,
+    CLASSICAL_VERSION, DEFAULT_FILTERS, DEFAULT_SIGMAS, feature_names, resolve_filters,
 )
 
 KINDS = ("classical", "deep", "hybrid")
