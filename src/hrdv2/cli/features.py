@@ -160,41 +160,35 @@ def features(images, backbone, weights, stride, shift_text, pattern, flips, rota
         click.secho(f"warning: {exc}", fg="yellow", err=True)
         click.secho("falling back to classical features (no weights needed); no attention map without a ViT.",
                     fg="yellow", err=True)
-        classical = FeatureEngine(FeatureConfig(kind="classical"))
-        if on_cluster:
-            from hrdv2.distributed.commands import classical_file
+        cluster_task = "classical_file"  # a task of hrdv2.distributed.commands (imported only with a cluster)
+        engine = FeatureEngine(FeatureConfig(kind="classical"))
+        cluster_args: tuple = (load_pages, _classical_fallback, out, pca_png)
 
-            args = (load_pages, _classical_fallback, out, pca_png)
-            _features_on_cluster(classical, inputs, out, blockwise, block_size, tile, classical_file, args, pca_png,
-                                 run, workers, scheduler)
-            run.finish(len(inputs))
-            return
-        for name, path in inputs:
-            with run.step(path or name):
-                if blockwise:
-                    _featurise_blockwise(classical, path, out, block_size, tile, pca_png)
-                    continue
-                for page_name, image in load_pages(name, path):
-                    _classical_fallback(page_name, image, out, pca_png)
-        run.finish(len(inputs))
-        return
-    fz = engine.featurizer(attention=True, dtype=dtype, progress=True)
-    if not bb.pretrained:
-        click.secho(f"note: {bb.describe()}: features are NOT meaningful, only the mechanics are.", fg="yellow", err=True)
+        def per_page(name: str, image: np.ndarray) -> None:
+            _classical_fallback(name, image, out, pca_png)
+    else:
+        cluster_task = "featurise_file"
+        fz = engine.featurizer(attention=True, dtype=dtype, progress=True)
+        if not bb.pretrained:
+            click.secho(f"note: {bb.describe()}: features are NOT meaningful, only the mechanics are.", fg="yellow",
+                        err=True)
+        cluster_args = (load_pages, _featurise_one, out, fmt, pca_png, attention_png)
+
+        def per_page(name: str, image: np.ndarray) -> None:
+            _featurise_one(fz, name, image, out, fmt, pca_png, attention_png)
+
     if on_cluster:
-        from hrdv2.distributed.commands import featurise_file
+        from hrdv2.distributed import commands
 
-        args = (load_pages, _featurise_one, out, fmt, pca_png, attention_png)
-        _features_on_cluster(engine, inputs, out, blockwise, block_size, tile, featurise_file, args, pca_png, run,
-                             workers, scheduler)
-        inputs = []
-    for name, path in inputs:
+        _features_on_cluster(engine, inputs, out, blockwise, block_size, tile, getattr(commands, cluster_task),
+                             cluster_args, pca_png, run, workers, scheduler)
+    for name, path in [] if on_cluster else inputs:
         with run.step(path or name):
             if blockwise:
                 _featurise_blockwise(engine, path, out, block_size, tile, pca_png)
                 continue
             for page_name, image in load_pages(name, path):
-                _featurise_one(fz, page_name, image, out, fmt, pca_png, attention_png)
+                per_page(page_name, image)
     run.finish(len(inputs))
 
 
