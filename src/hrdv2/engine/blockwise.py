@@ -31,31 +31,17 @@ from hrdv2.features.classical import classical_alignment, classical_features, cl
 from hrdv2.features.sets import n_classical
 
 
-class PageView:
-    """One page of a lazy stack, itself sliceable like a 2-D :class:`LazyArray`."""
+class PageView(LazyArray):
+    """One page of a lazy stack, itself a 2-D :class:`LazyArray` (shape, channels, slicing)."""
 
     def __init__(self, source: LazyArray, z: int):
-        self.source, self.z = source, z
-        self.shape = source.shape[1:]
-        self.dtype = source.dtype
-        self.has_channels = source.has_channels
-        self.name = f"{source.name} page {z}"
-
-    @property
-    def spatial_shape(self) -> tuple[int, ...]:
-        return self.shape[:-1] if self.has_channels else self.shape
-
-    @property
-    def channels(self) -> int | None:
-        return self.shape[-1] if self.has_channels else None
-
-    @property
-    def ndim(self) -> int:
-        return len(self.shape)
+        super().__init__(source, axes=range(1, source.ndim), has_channels=source.has_channels,
+                         name=f"{source.name} page {z}")
+        self.z = z
 
     def __getitem__(self, key: Any) -> np.ndarray:
         key = key if isinstance(key, tuple) else (key,)
-        return self.source[(self.z,) + key]
+        return self._src[(self.z,) + key]
 
 
 class BlockFeatures:
