@@ -17,6 +17,7 @@ import numpy as np
 
 from hrdv2.errors import ConfigError, WeightsUnavailableError
 from hrdv2.cli.boundary import FileRun, check_outputs
+from hrdv2.cli.config_file import config_file_option
 from hrdv2.io import expand_inputs, read_stack, require_memory, write_image, write_npy
 
 SAMPLE_NAME = "skimage_immunohistochemistry"
@@ -92,6 +93,7 @@ def _classical_fallback(name: str, image: np.ndarray, out: Path, pca_png: bool) 
 
 
 @click.command()
+@config_file_option("features")
 @click.argument("images", nargs=-1, type=click.Path())
 @click.option("--backbone", default="dinov2_vits14", show_default=True, help="Backbone name (see `hrdv2 backbones`).")
 @click.option("--weights", default=None, help="Local checkpoint file, or 'random' for the untrained architecture. "

@@ -3,11 +3,9 @@ is fast and one workflow's optional dependency never breaks another's command.""
 
 from __future__ import annotations
 
-import importlib
-
 import click
 
-from hrdv2.cli.boundary import fail
+from hrdv2.cli.lazy import LazyGroup
 
 # command name -> "module:attribute" (a click.Command or click.Group)
 COMMANDS: dict[str, str] = {
@@ -26,32 +24,6 @@ COMMANDS: dict[str, str] = {
 BENCH_COMMANDS: dict[str, str] = {
     "unsupervised": "hrdv2.cli.unsupervised:bench_unsupervised",
 }
-
-
-def _load(spec: str) -> click.Command:
-    module, attr = spec.split(":")
-    return getattr(importlib.import_module(module), attr)
-
-
-class LazyGroup(click.Group):
-    def __init__(self, *args, lazy: dict[str, str], **kwargs):
-        super().__init__(*args, **kwargs)
-        self._lazy = lazy
-
-    def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted(self._lazy)
-
-    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
-        spec = self._lazy.get(name)
-        return _load(spec) if spec else None
-
-    def invoke(self, ctx: click.Context):
-        try:
-            return super().invoke(ctx)
-        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException, SystemExit):
-            raise
-        except Exception as exc:  # the one boundary where errors become one line
-            fail(exc)
 
 
 @click.group(cls=LazyGroup, lazy=COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})

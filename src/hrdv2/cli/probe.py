@@ -6,7 +6,12 @@ from pathlib import Path
 
 import click
 
+from hrdv2.cli.lazy import LazyGroup
 from hrdv2.datasets.interactive import DATASETS
+
+# `hrdv2 probe SUB`: sub-commands, each in its own module (imported only when used).
+# `hrdv2 probe [OPTIONS]` without a sub-command runs the evaluation below.
+PROBE_COMMANDS: dict[str, str] = {}
 
 
 def _print_table(rows: list[list[str]], title: str) -> None:
@@ -23,7 +28,7 @@ def _print_table(rows: list[list[str]], title: str) -> None:
     Console(width=None if sys.stdout.isatty() else 160).print(table)  # files/pipes: no truncation
 
 
-@click.command("probe")
+@click.group("probe", cls=LazyGroup, lazy=PROBE_COMMANDS, invoke_without_command=True)
 @click.option("--dataset", "kind", type=click.Choice(DATASETS), default="folder", show_default=True,
               help="Dataset layout (RITM/f-BRS releases, or NAME.png + NAME_gt.png).")
 @click.option("--root", type=click.Path(path_type=Path), required=False, help="Dataset folder.")
@@ -44,7 +49,8 @@ def _print_table(rows: list[list[str]], title: str) -> None:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--list-upsamplers", is_flag=True, help="List the registered upsamplers and exit.")
-def probe(kind, root, upsamplers, backbone, weights, max_clicks, out_dir, split, max_side, limit, stop_iou,
+@click.pass_context
+def probe(ctx, kind, root, upsamplers, backbone, weights, max_clicks, out_dir, split, max_side, limit, stop_iou,
           strategy, seed, device, list_upsamplers) -> None:
     """Interactive-segmentation probe of feature upsamplers (NoC@85/90, mIoU@k, failures).
 
@@ -52,6 +58,8 @@ def probe(kind, root, upsamplers, backbone, weights, max_clicks, out_dir, split,
     only the features change between upsamplers. Writes summary.csv, per_sample.csv,
     miou_vs_clicks.png and probe.json into --out.
     """
+    if ctx.invoked_subcommand is not None:
+        return
     from hrdv2.errors import ConfigError
     from hrdv2.probe.upsamplers import check_available, create_upsampler
     from hrdv2.probe.upsamplers import list_upsamplers as registry

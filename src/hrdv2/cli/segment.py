@@ -17,6 +17,7 @@ import numpy as np
 from tqdm import tqdm
 
 from hrdv2.cli.boundary import FileRun, check_outputs
+from hrdv2.cli.config_file import config_file_option
 from hrdv2.errors import HRDv2Error, ShapeError
 
 
@@ -48,6 +49,7 @@ def _floats(text: str) -> tuple[float, ...]:
 
 
 @click.command()
+@config_file_option("train")
 @click.option("--image", "images", multiple=True, required=True, type=click.Path(path_type=Path),
               help="Training image (repeat; paired in order with --scribble).")
 @click.option("--scribble", "scribbles", multiple=True, required=True, type=click.Path(path_type=Path),

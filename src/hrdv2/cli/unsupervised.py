@@ -17,6 +17,7 @@ from typing import Any
 import click
 import numpy as np
 
+from hrdv2.cli.config_file import config_file_option
 from hrdv2.errors import HRDv2Error
 
 # The HR-Dv2 paper's figures (Table 4 / 5): CorLoc single-object (superbox) and multi-object
@@ -123,6 +124,7 @@ def write_outputs(out: Path, name: str, image: np.ndarray, res: Any, header: dic
 
 
 @click.command()
+@config_file_option("unsupervised")
 @click.argument("images", nargs=-1, required=True, type=click.Path())
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), default="hrdv2-unsupervised", show_default=True)
 @_pipeline_options
