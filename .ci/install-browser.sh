@@ -20,6 +20,20 @@ else
     test -x /usr/bin/chromium || { echo "error: apt installed chromium but /usr/bin/chromium is missing" >&2; exit 1; }
 fi
 
+# The napari plugin tests (tests/test_napari_*.py) need an X display with OpenGL (Qt's offscreen
+# platform has none): Xvfb + Mesa, and the xcb libraries Qt's X11 platform plugin loads.
+if [ -x /usr/bin/Xvfb ] && ldconfig -p | grep -q libxcb-cursor.so.0 && ldconfig -p | grep -q libGL.so.1; then
+    echo "Xvfb already installed"
+else
+    SUDO=""
+    if [ "$(id -u)" != "0" ]; then SUDO="sudo"; fi
+    export DEBIAN_FRONTEND=noninteractive
+    $SUDO apt-get update
+    $SUDO apt-get install -y --no-install-recommends xvfb xauth libgl1 libglx-mesa0 libgl1-mesa-dri libegl1 \
+        libxkbcommon-x11-0 libxcb-cursor0 libxcb-icccm4 libxcb-image0 libxcb-keysyms1 libxcb-randr0 \
+        libxcb-render-util0 libxcb-shape0 libxcb-xfixes0 libxcb-xinerama0 libxcb-xkb1 libdbus-1-3 libfontconfig1
+fi
+
 if "$PY" -c "import playwright.sync_api" 2>/dev/null; then
     echo "playwright (python) already installed for $PY"
 else

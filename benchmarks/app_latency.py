@@ -6,11 +6,12 @@
 * first overlay: a new image, features not cached: upload done -> train -> prediction received.
 
 Images are real Ni-superalloy SEM micrographs (../shared/data/superalloy/nasa_*): 512x512 as
-stored, and 1024x1024 as a 2x2 mosaic of four of them. Strokes are short lines placed inside
+stored, 1024x1024 as a 2x2 mosaic of four of them, and 4096x4096 (``--sides 4096``) as an 8x8
+mosaic of them (each 2x2 group rotated, so no two neighbouring tiles repeat). Strokes are short lines placed inside
 regions of the ground truth (3 classes). Classical features; each classifier the app offers
 can be timed (--classifiers).
 
-    .venv/bin/python benchmarks/app_latency.py [--repeats 5] [--classifiers random_forest,logistic]
+    .venv/bin/python benchmarks/app_latency.py [--repeats 5] [--classifiers random_forest,logistic] [--sides 512,1024,4096]
 """
 
 from __future__ import annotations
@@ -40,12 +41,17 @@ def _read(name: str) -> np.ndarray:
     return np.asarray(Image.open(DATA / f"{name}.png"))
 
 
-def images() -> dict[int, tuple[np.ndarray, np.ndarray]]:
-    """{side: (image, ground truth)} for 512 and 1024."""
+def images(sides: tuple[int, ...] = (512, 1024)) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+    """{side: (image, ground truth)} for 512, 1024 and (if asked) 4096."""
     ims = [(_read(n), _read(f"{n}_gt")) for n in TILES]
     mosaic = np.block([[ims[0][0], ims[1][0]], [ims[2][0], ims[3][0]]])
     mosaic_gt = np.block([[ims[0][1], ims[1][1]], [ims[2][1], ims[3][1]]])
-    return {512: ims[0], 1024: (mosaic, mosaic_gt)}
+    out = {512: ims[0], 1024: (mosaic, mosaic_gt)}
+    if 4096 in sides:
+        rows = [[np.rot90(mosaic, (i + j) % 4) for j in range(4)] for i in range(4)]
+        rows_gt = [[np.rot90(mosaic_gt, (i + j) % 4) for j in range(4)] for i in range(4)]
+        out[4096] = (np.block(rows), np.block(rows_gt))
+    return {side: out[side] for side in sides}
 
 
 def stroke_plan(gt: np.ndarray, per_class: int, seed: int) -> list[tuple[int, list[list[float]]]]:
@@ -147,15 +153,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--classifiers", default="random_forest,logistic")
+    ap.add_argument("--sides", default="512,1024", help="image sides to time: 512, 1024, 4096")
     ap.add_argument("--out", type=Path, default=None, help="also write the results as JSON here")
     args = ap.parse_args()
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         server = Server(Path(tmp))
         try:
-            small, small_gt = images()[512]  # warm-up: imports and first-call costs inside the server
+            small, small_gt = images((512,))[512]  # warm-up: imports and first-call costs inside the server
             run(64, np.ascontiguousarray(small[:64, :64]), small_gt[:64, :64], "logistic", 1, server.client)
-            for side, (image, gt) in images().items():
+            for side, (image, gt) in images(tuple(int(v) for v in args.sides.split(","))).items():
                 for k, classifier in enumerate(args.classifiers.split(",")):
                     # a different orientation per run, so "first overlay" never finds cached features
                     view, view_gt = np.rot90(image, k), np.rot90(gt, k)

@@ -18,7 +18,7 @@ Splits (see docs/segmentation.md):
   horse       train horse001..005 (simulated), test horse006..030
 
 Feature rows: ``classical`` is the default classical selection (36 channels per image channel),
-``classical-all`` the whole filter bank (81), ``deep`` / ``hybrid`` need backbone weights.
+``classical-all`` the whole filter bank (135), ``deep`` / ``hybrid`` need backbone weights.
 
 Usage: python benchmarks/wss.py [--data DIR] [--features classical,classical-all,deep,hybrid]
        [--classifiers logistic,random_forest,gradient_boosting] [--weights PATH|random]

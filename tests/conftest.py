@@ -47,3 +47,32 @@ def tiny_backbone():
 @pytest.fixture
 def rng() -> np.random.Generator:
     return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="session")
+def napari_display():
+    """An X display for the napari tests (tests/test_napari_*.py): napari's canvas needs OpenGL,
+    which Qt's offscreen platform lacks. Uses $DISPLAY if set, else starts Xvfb (installed by
+    .ci/install-browser.sh) for the session."""
+    import shutil
+    import subprocess
+
+    if os.environ.get("DISPLAY"):
+        yield os.environ["DISPLAY"]
+        return
+    xvfb = shutil.which("Xvfb")
+    assert xvfb, "the napari tests need an X display: install Xvfb (bash .ci/install-browser.sh does) or set DISPLAY"
+    read, write = os.pipe()
+    proc = subprocess.Popen([xvfb, "-displayfd", str(write), "-screen", "0", "1600x1200x24", "-nolisten", "tcp"],
+                            pass_fds=(write,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    os.close(write)
+    with os.fdopen(read) as fh:
+        number = fh.readline().strip()
+    assert number, "Xvfb did not start (no display number reported)"
+    os.environ["DISPLAY"] = f":{number}"
+    os.environ.setdefault("QT_QPA_PLATFORM", "xcb")
+    # Qt keeps its X connection until the interpreter exits (and aborts if it breaks before), so
+    # Xvfb must outlive this session: a watcher stops it once this pytest process is gone.
+    subprocess.Popen(["sh", "-c", f"while kill -0 {os.getpid()} 2>/dev/null; do sleep 1; done; kill {proc.pid}"],
+                     start_new_session=True)
+    yield os.environ["DISPLAY"]

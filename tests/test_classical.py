@@ -23,11 +23,12 @@ def _feat(img, **kw):
 
 def test_feature_count_and_names():
     names = feature_names(1, DEFAULT_SIGMAS, "all")
-    assert len(names) == 1 + N_PER_SIGMA * len(DEFAULT_SIGMAS) + 5
+    # + 2 derivative orders and 8 neighbours per sigma, 5 membrane projections, 4 bilateral means
+    assert len(names) == 1 + (N_PER_SIGMA + 10) * len(DEFAULT_SIGMAS) + 5 + 4
     assert len(set(names)) == len(names)
     assert names[0] == "intensity" and "hessian_det_s4" in names and "membrane_median" in names
     rgb = feature_names(3, DEFAULT_SIGMAS, "all")
-    assert len(rgb) == 3 * len(names) and rgb[0] == "c0:intensity" and rgb[-1] == "c2:membrane_min"
+    assert len(rgb) == 3 * len(names) and rgb[0] == "c0:intensity" and rgb[-1] == "c2:bilateral_r10_t100"
     assert feature_names(1, (2.0,), ("gaussian", "hessian")) == [
         "gaussian_s2", "hessian_max_s2", "hessian_min_s2", "hessian_det_s2"]
     # the default selection: intensity + gaussian, gradient, 3 hessian, dog, variance per sigma

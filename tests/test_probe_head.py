@@ -1,4 +1,4 @@
-"""The optional trained head: a smoke test on a tiny synthetic dataset (not a benchmark)."""
+"""The click head: click encoding, shapes, and checkpoints that reload to identical predictions."""
 
 from __future__ import annotations
 
@@ -6,22 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from hrdv2.errors import ShapeError
-from hrdv2.probe.clicks import Click, simulate
-from hrdv2.probe.head import ClickHead, HeadSegmenter, HeadTrainConfig, encode_clicks, train_head
-
-
-def _toy_samples(n=4, size=24, channels=6, seed=0):
-    rng = np.random.default_rng(seed)
-    out = []
-    for _ in range(n):
-        yy, xx = np.mgrid[:size, :size]
-        cy, cx, r = rng.integers(8, 16), rng.integers(8, 16), rng.integers(4, 7)
-        gt = (yy - cy) ** 2 + (xx - cx) ** 2 <= r**2
-        f = rng.standard_normal((channels, size, size)).astype(np.float32) * 0.3
-        f[0] += 2.0 * gt
-        out.append((torch.from_numpy(f), gt, None))
-    return out
+from hrdv2.errors import ConfigError, HRDv2Error, ShapeError
+from hrdv2.probe.clicks import Click
+from hrdv2.probe.head import ClickHead, HeadSegmenter, encode_clicks, load_head, save_head
 
 
 def test_encode_clicks_maps():
@@ -34,38 +21,55 @@ def test_encode_clicks_maps():
         encode_clicks([], np.zeros((3, 3)), (16, 16))
 
 
-def test_head_trains_and_plugs_into_the_simulator():
-    torch.manual_seed(0)
-    samples = _toy_samples()
-    head = ClickHead(in_channels=6, hidden=16)
-    losses = train_head(head, samples, HeadTrainConfig(steps=120, lr=5e-3, max_train_clicks=3, radius=2))
-    assert len(losses) == 120 and all(np.isfinite(losses))
-    assert np.mean(losses[-20:]) < 0.6 * np.mean(losses[:20])
-    feats, gt, _ = samples[0]
-    run = simulate(gt, HeadSegmenter(head, feats, radius=2).as_predictor(), max_clicks=3)
-    assert len(run.ious) >= 1 and run.final_mask.shape == gt.shape and max(run.ious) > 0.5
-
-
 def test_head_shape_errors():
     head = ClickHead(in_channels=6, hidden=8)
     with pytest.raises(ShapeError, match="click maps"):
         head(torch.zeros(1, 5, 8, 8), torch.zeros(1, 3, 8, 8))
+    with pytest.raises(ShapeError, match="trained on 6-channel"):
+        HeadSegmenter(head, torch.zeros(5, 8, 8))
+    with pytest.raises(ConfigError):
+        ClickHead(in_channels=0)
 
 
-def test_iter_training_samples_featurises_a_dataset(tmp_path):
-    from hrdv2.datasets.interactive import InteractiveDataset, ObjectSample
-    from hrdv2.probe.head import iter_training_samples
+def test_prototype_channel_reaches_far_pixels():
+    """A pixel far outside every click disk still changes with the click (similarity channel)."""
+    torch.manual_seed(0)
+    head = ClickHead(in_channels=4, hidden=8, dilations=(1,), radius=1).eval()
+    feats = torch.randn(4, 40, 40)
+    seg = HeadSegmenter(head, feats)
+    a = seg.logits([Click(5, 5, True)])
+    b = seg.logits([Click(34, 34, True)])
+    assert abs(a[20, 20] - b[20, 20]) > 1e-4
 
-    gt = np.zeros((40, 60), bool)
-    gt[10:30, 20:40] = True
-    image = np.zeros((40, 60, 3), np.uint8)
-    ds = InteractiveDataset("toy", [ObjectSample("a", tmp_path / "a.png", lambda: (image, gt, np.zeros_like(gt)))])
 
-    class Const:
-        name = "const"
+def test_checkpoint_roundtrip_gives_identical_predictions(tmp_path):
+    torch.manual_seed(1)
+    head = ClickHead(in_channels=6, hidden=16, dilations=(1, 3), radius=3)
+    for p in head.parameters():  # make every weight matter
+        p.data.normal_(0, 0.3)
+    feats = torch.randn(6, 33, 47)  # odd sizes on purpose
+    clicks = [Click(10, 20, True), Click(30, 5, False)]
+    prev = np.zeros((33, 47), bool)
+    prev[5:15, 10:30] = True
+    before = HeadSegmenter(head, feats).logits(clicks, prev)
+    path = save_head(tmp_path / "sub" / "head.pt", head, meta={"upsampler": "bilinear", "max_side": 64},
+                     train_state={"step": 7})
+    assert not list((tmp_path / "sub").glob(".*part*"))  # atomic: no temporary file left behind
+    ck = load_head(path)
+    after = HeadSegmenter(ck.head, feats).logits(clicks, prev)
+    assert np.array_equal(before, after)
+    assert ck.head.config == head.config and ck.meta == {"upsampler": "bilinear", "max_side": 64}
+    assert ck.train_state == {"step": 7}
 
-        def __call__(self, img, backbone):
-            return torch.zeros(5, *img.shape[:2])
 
-    (feats, obj, ignore), = iter_training_samples(ds, Const(), backbone=None, max_side=30)
-    assert tuple(feats.shape) == (5, 20, 30) and obj.shape == (20, 30) and obj.sum() == 100
+def test_load_head_refuses_missing_and_foreign_files(tmp_path):
+    with pytest.raises(ConfigError, match="no such head checkpoint"):
+        load_head(tmp_path / "nope.pt")
+    foreign = tmp_path / "foreign.pt"
+    torch.save({"weights": torch.zeros(3)}, foreign)
+    with pytest.raises(ConfigError, match="not an hrdv2 click-head"):
+        load_head(foreign)
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"not a zip file at all")
+    with pytest.raises(HRDv2Error, match="garbage.pt"):
+        load_head(garbage)

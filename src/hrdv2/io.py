@@ -427,12 +427,23 @@ def _read_tiff(path: Path, max_bytes: int | None) -> list[np.ndarray]:
     raise ImageReadError(f"{path}: TIFF of shape {data.shape} (axes {axes!r}) is not an image or a stack.")
 
 
+def _video_suffixes() -> tuple[str, ...]:
+    from hrdv2.timeseries import VIDEO_SUFFIXES
+
+    return VIDEO_SUFFIXES
+
+
 def _read_pages(path: Path, max_bytes: int | None) -> list[np.ndarray]:
     """All pages with channels normalised and the stored dtype kept; sizes checked."""
     _check_exists(path)
     if path.suffix.lower() in TIFF_SUFFIXES:
         with _decoding(path, "TIFF"):
             raw = _read_tiff(path, max_bytes)
+    elif path.suffix.lower() in _video_suffixes():  # every frame of a video is a page (hrdv2.timeseries)
+        from hrdv2.timeseries import read_video
+
+        with _decoding(path, "video"):
+            raw = read_video(path, max_bytes)
     else:
         with _decoding(path, "image"):
             raw = [_read_pil(path, max_bytes)]

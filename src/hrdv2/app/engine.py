@@ -7,9 +7,11 @@ Class ids in scribbles, label images and probability channels are the class *val
 
 from __future__ import annotations
 
+import copy
 import csv
 import io
 import json
+import os
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -48,22 +50,27 @@ def weights_status(name: str, failed_loads: dict[str, str]) -> BackboneOption:
 
 
 def feature_config(settings: FeatureSettings, device: str = "cpu"):
-    """The library's FeatureConfig for the page's feature settings, computed on ``device``."""
+    """The library's FeatureConfig for the page's feature settings, computed on ``device``
+    (raises ConfigError, a 422, for settings the library refuses, e.g. an unknown filter)."""
     from hrdv2.features.sets import FeatureConfig
 
+    classical = {"filters": settings.filters, "sigmas": tuple(settings.sigmas)}
     if settings.kind == "classical":
-        return FeatureConfig(kind="classical", device=device)
-    return FeatureConfig(kind=settings.kind, backbone=settings.backbone, stride=settings.stride, device=device)
+        return FeatureConfig(kind="classical", device=device, **classical)
+    deep = {"backbone": settings.backbone, "stride": settings.stride, "shifts": tuple(settings.shifts),
+            "flips": settings.flips, "pca_components": settings.pca_components}
+    return FeatureConfig(kind=settings.kind, device=device, **deep, **(classical if settings.kind == "hybrid" else {}))
 
 
 class Engine:
     """Features, models and predictions for all projects of one store."""
 
-    def __init__(self, store: Store, memory_bytes: int = 1_500_000_000, device: str = "cpu"):
+    def __init__(self, store: Store, memory_bytes: int = 1_500_000_000, device: str = "cpu", large_side: int = 4096):
         from hrdv2.engine import BackboneCache
 
         self.store = store
         self.device = device
+        self.large_side = large_side  # images with a longer side are tiled, trained on and predicted block-wise
         self.backbones = BackboneCache()  # every project's feature engines share the loaded backbones
         self.failed_loads: dict[str, str] = {}
         self._cache = None
@@ -91,14 +98,19 @@ class Engine:
 
     def project_config(self, project_id: int):
         """The FeatureConfig of the project's current settings (what the next training uses)."""
-        return feature_config(self.store.get_project(project_id)["features"], self.device)
+        return feature_config(self.store.get_project(project_id)["features"], self.device_for(project_id))
+
+    def device_for(self, project_id: int) -> str:
+        """The project's device setting, or the server's (``--device``) for "server"."""
+        chosen = self.store.get_project(project_id)["features"].device
+        return self.device if chosen == "server" else chosen
 
     def features(self, image: dict, config: Any, progress: Callable[[int, int], None] | None = None) -> np.ndarray:
         """Features of ``image`` under ``config`` (a FeatureConfig: the project's for training, the
         model's own for prediction), via the memory LRU and the disk cache."""
         from hrdv2.engine import FeatureEngine
 
-        config = config.replace(device=self.device)
+        config = config.replace(device=self.device_for(image["project_id"]))
         key = (image["sha"], config.key())
         with self._lock:
             if key in self._mem:
@@ -196,12 +208,20 @@ class Engine:
             raise HRDv2Error("nothing to learn from: paint strokes of at least two classes, then press Train.")
         todo = labelled + ([image_id] if image_id is not None and image_id not in labelled else [])
         n = len(todo) + 1
-        config = feature_config(project["features"], self.device)
+        config = feature_config(project["features"], self.device_for(project_id))
         images, scribbles, feats = [], [], []
+        from .large import is_large, scribbled_blocks
+
         for k, iid in enumerate(todo):
             image = self.store.get_image(iid)
             stage = f"features {k + 1}/{len(todo)}: {image['name']}"
             job.report(k / n, stage=stage)
+            if is_large(image, self.large_side):  # only the blocks holding scribbles are featurised
+                if iid in labelled:
+                    for px, sc, f in scribbled_blocks(config, self.backbones, self.store.pixels(image),
+                                                      self.scribbles(image), job.progress_callback(stage, k / n, 1 / n)):
+                        images.append(px), scribbles.append(sc), feats.append(f)
+                continue
             f = self.features(image, config, job.progress_callback(stage, k / n, 1 / n))
             if iid in labelled:
                 images.append(self.store.pixels(image))
@@ -227,6 +247,8 @@ class Engine:
                 raise HRDv2Error("a class was deleted while training; press Train again.")
             if self.project_config(project_id).key() != config.key():
                 raise HRDv2Error("the feature settings changed while training; press Train again.")
+            crf = self.store.get_project(project_id)["crf"]  # as set now (a CRF change re-predicts only)
+            seg.crf, seg.crf_params = crf.enabled, crf.params()
             version = self.store.bump_model_version(project_id, has_model=True)
         self._models[project_id] = (version, seg)
         self._save_in_background(project_id, version, seg)
@@ -247,7 +269,12 @@ class Engine:
     def predict(self, image: dict, seg: Any, version: int, progress: Callable | None = None) -> np.ndarray:
         """Predict one image, store labels (uint8 PNG) and probabilities (float16 .npy); return labels.
 
-        Features come from the *model's* own config, never from the project's current settings."""
+        Features come from the *model's* own config, never from the project's current settings.
+        A large image is predicted block-wise (bounded memory; see ``large``)."""
+        from .large import is_large
+
+        if is_large(image, self.large_side):
+            return self._predict_large(image, seg, version, progress)
         feats = self.features(image, seg.compute_config, progress)
         n_classes = max(len(self.store.list_classes(image["project_id"])), 1)
         proba_model = np.asarray(seg.predict_proba(self.store.pixels(image), features=feats), dtype=np.float32)
@@ -266,6 +293,30 @@ class Engine:
             self.store.set_prediction_version(image["id"], version)
         return labels
 
+    def _predict_large(self, image: dict, seg: Any, version: int, progress: Callable | None) -> np.ndarray:
+        from .large import predict_blockwise
+
+        if seg.compute_config.uses_deep or seg.backbones is None:
+            seg.backbones = self.backbones
+        n_classes = max(len(self.store.list_classes(image["project_id"])), 1)
+        label_path, _ = self.prediction_paths(image)
+        staging = label_path.parent / ".large"
+        labels = predict_blockwise(seg, self.store.pixels(image), staging, image["id"], n_classes, progress)
+        with self._predictions_lock:  # a retired model's late result must not overwrite a newer one
+            if self.store.get_project(image["project_id"])["model_version"] != version:
+                return labels
+            for name in (f"{image['id']}.labels.zarr", f"{image['id']}.proba.npy"):
+                target = label_path.parent / name
+                if target.is_dir():
+                    import shutil
+
+                    shutil.rmtree(target)
+                os.replace(staging / name, target)
+            with atomic_path(label_path) as tmp:
+                Image.fromarray(labels).save(tmp, format="PNG", compress_level=1)
+            self.store.set_prediction_version(image["id"], version)
+        return labels
+
     def update_features(self, project_id: int, settings: FeatureSettings) -> bool:
         """New feature settings retire the model trained under the old ones (and its predictions):
         a model is never applied to features it was not trained on. Returns whether they changed."""
@@ -277,10 +328,53 @@ class Engine:
             if before["has_model"] or before["model_version"]:
                 self.store.bump_model_version(project_id, has_model=False)
                 self._models.pop(project_id, None)
-                folder = self.store.project_path(project_id)
-                for path in [*(folder / "predictions").glob("*"), folder / "phase_fractions.csv"]:
-                    path.unlink(missing_ok=True)
+                self.drop_predictions(project_id)
             return True
+
+    def drop_predictions(self, project_id: int) -> None:
+        """Delete every stored prediction file and the phase-fraction CSV of a project."""
+        import shutil
+
+        folder = self.store.project_path(project_id)
+        for path in [*(folder / "predictions").glob("*"), folder / "phase_fractions.csv"]:
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+
+    def update_crf(self, project_id: int, crf: Any) -> bool:
+        """New CRF settings: the model is kept (the CRF only refines its probabilities) but becomes
+        a new model version carrying them, so every prediction is redone with the new clean-up."""
+        with self._predictions_lock:
+            before = self.store.get_project(project_id)
+            if before["crf"] == crf:
+                return False
+            self.store.update_project(project_id, crf=crf)
+            if not before["has_model"]:
+                return True
+            seg = copy.copy(self.model(project_id))
+            seg.crf, seg.crf_params = crf.enabled, crf.params()
+            version = self.store.bump_model_version(project_id, has_model=True, source=before["model_source"])
+            self._models[project_id] = (version, seg)
+        self._save_in_background(project_id, version, seg)
+        return True
+
+    def install(self, project_id: int, seg: Any, source: str | None, before: Callable[[], None] | None = None) -> int:
+        """Make ``seg`` the project's current model (a new version); ``before`` runs first under the
+        same lock (settings that must change with it)."""
+        with self._predictions_lock:
+            if before is not None:
+                before()
+            version = self.store.bump_model_version(project_id, has_model=True, source=source)
+            self._models[project_id] = (version, seg)
+        self._save_in_background(project_id, version, seg)
+        return version
+
+    def forget(self, project_id: int) -> None:
+        """Drop what the engine holds of a deleted project."""
+        self.wait_saved(project_id)
+        self._models.pop(project_id, None)
+        self._saving.pop(project_id, None)
 
     def delete_class(self, class_id: int) -> int:
         """Delete a class with its strokes, retire the model and drop every stored prediction and
@@ -288,10 +382,18 @@ class Engine:
         project_id = self.store.get_class(class_id)["project_id"]
         with self._predictions_lock:
             removed = self.store.delete_class(class_id)  # marks the predictions absent first
-            folder = self.store.project_path(project_id)
-            for path in [*(folder / "predictions").glob("*"), folder / "phase_fractions.csv"]:
-                path.unlink(missing_ok=True)
+            self._models.pop(project_id, None)
+            self.drop_predictions(project_id)
         return removed
+
+    def reorder_classes(self, project_id: int, class_ids: list[int]) -> bool:
+        """New class order: values shift, so the model and every prediction are retired (as on delete)."""
+        with self._predictions_lock:
+            changed = self.store.reorder_classes(project_id, class_ids)
+            if changed:
+                self._models.pop(project_id, None)
+                self.drop_predictions(project_id)
+        return changed
 
     def predict_job(self, job: Job, image_id: int) -> dict:
         image = self.store.get_image(image_id)

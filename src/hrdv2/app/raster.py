@@ -99,12 +99,25 @@ def stroke_work(points, radius: float, shape: tuple[int, int]) -> int:
 
 
 def rasterise(strokes: list[dict], shape: tuple[int, int], values: dict[int, int]) -> np.ndarray:
-    """Replay strokes in order onto a uint8 label map: a brush writes its class value, the eraser 0.
+    """Replay strokes in order onto a uint8 label map: a brush or polygon writes its class value,
+    the eraser 0, an imported layer its runs.
 
     Strokes of classes missing from ``values`` (deleted ones) are skipped.
     """
+    from .fill import paint_runs, polygon_mask
+
     out = np.zeros(shape, np.uint8)
     for s in strokes:
+        if s["tool"] == "labels":  # an imported label layer
+            paint_runs(out, s.get("runs") or [], values)
+            continue
+        if s["tool"] == "polygon":
+            if s["class_id"] in values:
+                filled = polygon_mask(s["points"], shape)
+                if filled is not None:
+                    (r0, c0), mask = filled
+                    out[r0:r0 + mask.shape[0], c0:c0 + mask.shape[1]][mask] = values[s["class_id"]]
+            continue
         if s["tool"] == "eraser":
             value = 0
         elif s["class_id"] in values:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Literal
 
 import numpy as np
-from fastapi import APIRouter, File, HTTPException, Request, Response, UploadFile
+from fastapi import APIRouter, File, HTTPException, Query, Request, Response, UploadFile
 
 from hrdv2.errors import ImageReadError, ShapeError
 from hrdv2.io import IMAGE_SUFFIXES, read_stack, to_float01
@@ -162,8 +162,14 @@ def _cached_picture(s: AppState, image: dict, kind: Literal["display", "thumb"])
     path = s.store.root / "pixels" / f"{image['sha']}.{kind}.png"
     if path.is_file():
         return path.read_bytes()
-    px = s.store.pixels(image)
-    arr = px if px.dtype == np.uint8 else np.round(to_float01(px) * 255).astype(np.uint8)
+    from .large import display_level, level_pixels
+
+    level = display_level(image, s.engine.large_side)
+    if level > 0:  # a large image: the page shows a pyramid level, and tiles when zoomed in
+        arr = level_pixels(s.store, image, level)
+    else:
+        px = s.store.pixels(image)
+        arr = px if px.dtype == np.uint8 else np.round(to_float01(px) * 255).astype(np.uint8)
     if kind == "thumb":
         from PIL import Image
 
@@ -205,6 +211,11 @@ def add_stroke(image_id: IdPath, stroke: StrokeIn, request: Request) -> dict:
             raise HTTPException(422, "a brush stroke needs class_id (the class being painted)")
         if store.get_class(stroke.class_id)["project_id"] != image["project_id"]:
             raise HTTPException(422, f"class {stroke.class_id} belongs to another project")
+    elif stroke.tool == "polygon":
+        if stroke.class_id is None or len(stroke.points) < 3:
+            raise HTTPException(422, "a polygon needs class_id and at least 3 points (its vertices)")
+        if store.get_class(stroke.class_id)["project_id"] != image["project_id"]:
+            raise HTTPException(422, f"class {stroke.class_id} belongs to another project")
     elif stroke.class_id is not None:
         raise HTTPException(422, "an eraser stroke takes no class_id")
     pts = np.asarray(stroke.points)
@@ -212,7 +223,13 @@ def add_stroke(image_id: IdPath, stroke: StrokeIn, request: Request) -> dict:
     if (pts[:, 0].max() < -r or pts[:, 1].max() < -r or pts[:, 0].min() > image["width"] + r
             or pts[:, 1].min() > image["height"] + r):
         raise HTTPException(422, f"stroke lies outside the {image['width']}x{image['height']} image")
-    if stroke_work(stroke.points, r, (image["height"], image["width"])) > MAX_STROKE_WORK:
+    if stroke.tool == "polygon":
+        from .fill import polygon_work
+
+        if polygon_work(stroke.points, (image["height"], image["width"])) > MAX_STROKE_WORK:
+            raise HTTPException(422, f"polygon of {len(stroke.points)} points is too costly to fill on the "
+                                     f"{image['width']}x{image['height']} image; draw it with fewer points")
+    elif stroke_work(stroke.points, r, (image["height"], image["width"])) > MAX_STROKE_WORK:
         raise HTTPException(422, f"stroke of {len(stroke.points)} points with radius {r:g} is too costly to draw on "
                                  f"the {image['width']}x{image['height']} image; split it into shorter strokes or "
                                  "use a smaller brush")
@@ -276,19 +293,25 @@ def _prediction(s: AppState, image_id: int) -> tuple[dict, Path, Path]:
 
 
 @router.get("/images/{image_id}/prediction", tags=["training"], response_class=Response)
-def prediction_raw(image_id: IdPath, request: Request, view: Literal["labels", "uncertainty"] = "labels") -> Response:
+def prediction_raw(image_id: IdPath, request: Request, view: Literal["labels", "uncertainty"] = "labels",
+                   level: int = Query(0, ge=0, le=12)) -> Response:
     """Raw uint8 pixels, row-major, gzip-encoded (the page colours them): class values, or
-    uncertainty 255 * (1 - max probability). Size in X-Width / X-Height."""
+    uncertainty 255 * (1 - max probability). Size in X-Width / X-Height. ``level``: pyramid
+    level (each halves the size; a large image's page asks for its display level)."""
     from hrdv2.io import read_labels
+
+    from .large import prediction_level
 
     s = state(request)
     image, label_path, proba_path = _prediction(s, image_id)
+    step = 2 ** level
     if view == "labels":
-        arr = read_labels(label_path).astype(np.uint8)
+        arr = prediction_level(label_path.parent, image, level, label_path) if level else read_labels(label_path).astype(np.uint8)
     else:
-        proba = np.load(proba_path, allow_pickle=False).astype(np.float32)
+        proba = np.load(proba_path, allow_pickle=False, mmap_mode="r")[::step, ::step].astype(np.float32)
         arr = np.round(255 * (1 - proba.max(axis=-1))).clip(0, 255).astype(np.uint8)
-    headers = {"Content-Encoding": "gzip", "X-Width": str(image["width"]), "X-Height": str(image["height"]),
+    arr = np.ascontiguousarray(arr)
+    headers = {"Content-Encoding": "gzip", "X-Width": str(arr.shape[1]), "X-Height": str(arr.shape[0]),
                "X-Model-Version": str(image["prediction_version"]), "Cache-Control": "no-store"}
     return Response(gzip.compress(arr.tobytes(), compresslevel=1), media_type="application/octet-stream", headers=headers)
 

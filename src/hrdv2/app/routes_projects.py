@@ -31,13 +31,30 @@ def feature_options(request: Request) -> FeatureOptions:
     """Feature kinds, classifiers and backbones; a backbone without weights is listed as unavailable with the reason."""
     from hrdv2.backbones import list_backbones
 
+    from hrdv2.features.classical import ALL_FILTERS, FILTER_PRESETS
+
     engine = state(request).engine
     return FeatureOptions(
         kinds=["classical", "deep", "hybrid"],
         classifiers=["logistic", "random_forest", "gradient_boosting"],
         strides=STRIDES,
         backbones=[engine.weights_status(name) for name in list_backbones()],
+        filter_presets=list(FILTER_PRESETS),
+        filters=list(ALL_FILTERS),
+        devices=_devices(),
     )
+
+
+def _devices() -> list[str]:
+    """Devices a project may choose on this machine ("server" = the one `hrdv2 serve` was given)."""
+    import torch
+
+    out = ["server", "cpu"]
+    if torch.cuda.is_available():
+        out += ["cuda"] + [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        out.append("mps")
+    return out
 
 
 @router.get("/projects", response_model=list[ProjectOut], tags=["projects"])
@@ -66,8 +83,16 @@ def patch_project(project_id: IdPath, body: ProjectPatch, request: Request) -> d
             raise HTTPException(409, f"{body.features.kind} features with {status.name} are unavailable: {status.reason}")
     s.store.get_project(project_id)
     if body.features is not None:
+        from .engine import feature_config
+        from hrdv2.device import resolve_device
+
+        feature_config(body.features)  # settings the library refuses are a 422 before anything changes
+        if body.features.device != "server":
+            resolve_device(body.features.device)  # a device this machine lacks: 422 with the reason
         s.engine.update_features(project_id, body.features)
-    return s.store.update_project(project_id, **body.model_dump(exclude_none=True, exclude={"features"}))
+    if body.crf is not None:
+        s.engine.update_crf(project_id, body.crf)
+    return s.store.update_project(project_id, **body.model_dump(exclude_none=True, exclude={"features", "crf"}))
 
 
 # -- classes ---------------------------------------------------------------------------------

@@ -45,10 +45,43 @@ class ServerInfo(BaseModel):
     max_pixels: int
 
 
+DEVICE = r"^(server|auto|cpu|mps|cuda(:[0-9]{1,2})?)$"
+DEFAULT_SIGMAS = [1.0, 2.0, 4.0, 8.0, 16.0]
+
+
 class FeatureSettings(_Strict):
+    """The library's FeatureConfig fields a page can set (the rest keep their defaults).
+
+    Every field but ``device`` changes the features, so changing it retires the trained model."""
+
     kind: FeatureKind = "classical"
-    backbone: str = "dinov2_vits14"
+    backbone: str = Field(default="dinov2_vits14", max_length=120)
     stride: int | None = Field(default=None, ge=1, le=14)
+    shifts: list[Annotated[int, Field(ge=1, le=13)]] = Field(default=[1, 2], max_length=6,
+                                                             description="HR-Dv2 shift distances in px (deep, hybrid)")
+    flips: bool = Field(default=False, description="add flipped copies (positional-bias mitigation; deep, hybrid)")
+    pca_components: int | None = Field(default=None, ge=1, le=1024, description="PCA of the deep features (deep, hybrid)")
+    filters: str = Field(default="default", min_length=1, max_length=400,
+                         description="classical filter preset ('default', 'all') or comma-separated filter names")
+    sigmas: list[Annotated[float, Field(ge=0.3, le=64)]] = Field(default=DEFAULT_SIGMAS, min_length=1, max_length=10)
+    device: str = Field(default="server", pattern=DEVICE,
+                        description="where features are computed: 'server' = the device `hrdv2 serve` was started with")
+
+
+class CrfSettings(_Strict):
+    """Dense-CRF clean-up of the prediction (hrdv2.crf.dense_crf parameters). It refines the
+    probabilities after the classifier, so changing it keeps the model and re-predicts."""
+
+    enabled: bool = False
+    n_iter: int = Field(default=5, ge=1, le=20)
+    sxy_gaussian: float = Field(default=3.0, gt=0, le=200)
+    compat_gaussian: float = Field(default=3.0, ge=0, le=100)
+    sxy_bilateral: float = Field(default=40.0, gt=0, le=500)
+    srgb: float = Field(default=13.0, gt=0, le=255)
+    compat_bilateral: float = Field(default=10.0, ge=0, le=100)
+
+    def params(self) -> dict:
+        return self.model_dump(exclude={"enabled"})
 
 
 class BackboneOption(BaseModel):
@@ -62,6 +95,9 @@ class FeatureOptions(BaseModel):
     classifiers: list[ClassifierName]
     strides: list[int]
     backbones: list[BackboneOption]
+    filter_presets: list[str] = []
+    filters: list[str] = []
+    devices: list[str] = []
 
 
 class ProjectCreate(_Strict):
@@ -73,6 +109,7 @@ class ProjectPatch(_Strict):
     features: FeatureSettings | None = None
     classifier: ClassifierName | None = None
     auto_train: bool | None = None
+    crf: CrfSettings | None = None
 
 
 class ProjectOut(BaseModel):
@@ -81,6 +118,8 @@ class ProjectOut(BaseModel):
     features: FeatureSettings
     classifier: ClassifierName
     auto_train: bool
+    crf: CrfSettings = CrfSettings()
+    model_source: str | None = Field(default=None, description="file name of a loaded model; None = trained here")
     model_version: int
     has_model: bool = Field(description="whether a trained model for the current classes exists")
     n_images: int
@@ -130,9 +169,10 @@ class ClassOut(BaseModel):
 
 
 class StrokeIn(_Strict):
-    """One brush or eraser stroke in image pixel coordinates (x right, y down)."""
+    """One brush or eraser stroke, or a filled polygon (lasso), in image pixel coordinates
+    (x right, y down). A polygon's points are its vertices (at least 3); its radius is unused."""
 
-    tool: Literal["brush", "eraser"]
+    tool: Literal["brush", "eraser", "polygon"]
     class_id: Id | None = None
     radius: float = Field(gt=0, le=MAX_BRUSH_RADIUS)
     points: list[tuple[float, float]] = Field(min_length=1, max_length=MAX_STROKE_POINTS)
@@ -151,10 +191,58 @@ class StrokeIn(_Strict):
 class StrokeOut(BaseModel):
     id: int
     image_id: int
-    tool: Literal["brush", "eraser"]
+    tool: Literal["brush", "eraser", "polygon", "labels"]
     class_id: int | None
     radius: float
     points: list[tuple[float, float]]
+    runs: list[tuple[int, int, int, int]] | None = Field(
+        default=None, description="imported label layer: (class_id, row, x0, x1) runs, x1 exclusive")
+
+
+class ClassOrder(_Strict):
+    class_ids: list[Id] = Field(min_length=1, max_length=MAX_CLASSES)
+
+
+class ModelInfo(BaseModel):
+    model_version: int
+    source: str = Field(description="'trained in this project' or the loaded file's name")
+    features: dict = Field(description="the FeatureConfig the model was trained with (it is always applied with it)")
+    classifier: str
+    crf: bool
+    class_names: list[str]
+    classes: list[int]
+    n_features: int
+    n_channels: int
+    n_train_pixels: int
+    matches_settings: bool = Field(description="whether the project's feature settings give the model's features")
+
+
+class FractionRow(BaseModel):
+    image_id: int
+    name: str
+    page: int
+    current: bool = Field(description="whether the image has a prediction of the current model")
+    fractions: list[float] | None
+
+
+class Fractions(BaseModel):
+    classes: list[str]
+    model_version: int
+    rows: list[FractionRow]
+
+
+class Region(BaseModel):
+    x: int
+    y: int
+    width: int
+    height: int
+    score: float = Field(description="mean uncertainty 1 - max p over the region")
+
+
+class PyramidInfo(BaseModel):
+    tiled: bool = Field(description="whether the page shows this image through tiles")
+    tile: int
+    levels: list[tuple[int, int]] = Field(description="(width, height) of each level, full size first")
 
 
 class UndoResult(BaseModel):

@@ -41,11 +41,16 @@ def create_app(
     allowed_hosts: list[str] | None = None,
     workers: int = 2,
     device: str = "cpu",
+    large_side: int = 4096,
 ) -> FastAPI:
     """The web app over ``project_dir`` (created if missing); ``data_dir`` is the read-only
     server-side folder images may be added from. ``allowed_hosts``: Host header allow-list
-    (None = no check; ``hrdv2 serve`` passes the loopback names when bound to 127.0.0.1)."""
+    (None = no check; ``hrdv2 serve`` passes the loopback names when bound to 127.0.0.1).
+    ``large_side``: images with a longer side are shown as tiles and trained / predicted block-wise."""
     from .routes_images import router as images_router
+    from .clicks import router as clicks_router
+    from .routes_manage import router as manage_router
+    from .routes_results import router as results_router
     from .routes_projects import router as projects_router
     from .security import RequestGuard
 
@@ -58,7 +63,7 @@ def create_app(
 
     device = str(resolve_device(device))  # a bad --device fails here, before the server starts
     store = Store(project_dir)
-    app_state = AppState(store, Engine(store, device=device), JobManager(workers), data_dir, max_upload_bytes, max_pixels)
+    app_state = AppState(store, Engine(store, device=device, large_side=large_side), JobManager(workers), data_dir, max_upload_bytes, max_pixels)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -128,6 +133,9 @@ def create_app(
 
     app.include_router(projects_router)
     app.include_router(images_router)
+    app.include_router(manage_router)
+    app.include_router(results_router)
+    app.include_router(clicks_router)
 
     @app.get("/", include_in_schema=False)
     def index() -> FileResponse:

@@ -29,9 +29,17 @@ import numpy as np
 from hrdv2.errors import HRDv2Error
 from hrdv2.io import write_npy
 
-from .schemas import MAX_CLASSES, FeatureSettings
+from .schemas import MAX_CLASSES, CrfSettings, FeatureSettings
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# columns added after version 1: (table, column, declaration); added to older databases on open
+_ADDED_COLUMNS = [
+    ("projects", "crf", "TEXT NOT NULL DEFAULT '{}'"),
+    ("projects", "model_source", "TEXT"),
+    ("strokes", "runs", "TEXT"),
+]
+# strokes that label pixels (what training learns from): brush lines, filled polygons, imported layers
+LABELLING_TOOLS = ("brush", "polygon", "labels")
 DEFAULT_COLOURS = ["#e6194b", "#3cb44b", "#4363d8", "#ffe119", "#f58231", "#911eb4", "#42d4f4", "#f032e6"]
 
 _SCHEMA = """
@@ -90,6 +98,10 @@ class Store:
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.execute("PRAGMA foreign_keys=ON")
             self._db.executescript(_SCHEMA)
+            for table, column, decl in _ADDED_COLUMNS:
+                have = {r[1] for r in self._db.execute(f"PRAGMA table_info({table})")}
+                if column not in have:
+                    self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
             self._db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
         self._pixels: OrderedDict[str, np.ndarray] = OrderedDict()
 
@@ -126,6 +138,8 @@ class Store:
             "features": FeatureSettings(**json.loads(row["features"])),
             "classifier": row["classifier"],
             "auto_train": bool(row["auto_train"]),
+            "crf": CrfSettings(**json.loads(row["crf"] or "{}")),
+            "model_source": row["model_source"],
             "model_version": row["model_version"],
             "has_model": bool(row["has_model"]),
             "n_images": n,
@@ -150,17 +164,24 @@ class Store:
 
     def update_project(self, project_id: int, **fields: Any) -> dict[str, Any]:
         self.get_project(project_id)
-        columns = {"name": str, "features": lambda f: f.model_dump_json(), "classifier": str, "auto_train": int}
+        columns = {"name": str, "features": lambda f: f.model_dump_json(), "classifier": str, "auto_train": int,
+                   "crf": lambda c: c.model_dump_json(), "model_source": str}
         for key, value in fields.items():
             if value is not None:
                 self._write(f"UPDATE projects SET {key}=? WHERE id=?", (columns[key](value), project_id))
         return self.get_project(project_id)
 
-    def bump_model_version(self, project_id: int, has_model: bool) -> int:
+    def bump_model_version(self, project_id: int, has_model: bool, source: str | None = None) -> int:
         """A new model (``has_model``) or the end of the old one (a class was deleted): every stored
-        prediction becomes stale either way."""
-        self._write("UPDATE projects SET model_version=model_version+1, has_model=? WHERE id=?", (int(has_model), project_id))
+        prediction becomes stale either way. ``source``: the file a loaded model came from."""
+        self._write("UPDATE projects SET model_version=model_version+1, has_model=?, model_source=? WHERE id=?",
+                    (int(has_model), source, project_id))
         return self.get_project(project_id)["model_version"]
+
+    def delete_project(self, project_id: int) -> None:
+        """Delete a project's rows (its files, images, classes and strokes go with it)."""
+        self.get_project(project_id)
+        self._write("DELETE FROM projects WHERE id=?", (project_id,))
 
     # -- images ------------------------------------------------------------------------------
     def _image_dict(self, row: sqlite3.Row) -> dict[str, Any]:
@@ -205,6 +226,21 @@ class Store:
         if row is None:
             raise NotFound(f"image {image_id} does not exist")
         return self._image_dict(row)
+
+    def delete_file(self, image_id: int) -> list[dict[str, Any]]:
+        """Delete the file an image is a page of: all its pages and their strokes (nothing of any
+        other image). Returns the deleted images; their pixels stay if another image shares them."""
+        image = self.get_image(image_id)
+        pages = self._all(self._IMAGE_SQL + " WHERE file_id=?", (image["file_id"],))
+        gone = [self._image_dict(r) for r in pages]
+        self._write("DELETE FROM files WHERE id=?", (image["file_id"],))
+        for im in gone:
+            if self._one("SELECT COUNT(*) FROM images WHERE sha=?", (im["sha"],))[0] == 0:
+                for suffix in (".npy", ".display.png", ".thumb.png"):
+                    (self.root / "pixels" / f"{im['sha']}{suffix}").unlink(missing_ok=True)
+                with self._lock:
+                    self._pixels.pop(im["sha"], None)
+        return gone
 
     def pixels(self, image: dict[str, Any]) -> np.ndarray:
         """The decoded page (read-only array), kept in a small in-memory LRU."""
@@ -268,6 +304,24 @@ class Store:
             self._write("UPDATE classes SET color=? WHERE id=?", (color, class_id))
         return self.get_class(class_id)
 
+    def reorder_classes(self, project_id: int, class_ids: list[int]) -> bool:
+        """New class order (values 1..K follow it). The model learnt the old values, so like a
+        deletion it is retired and every prediction marked absent; strokes keep their classes.
+        Returns whether the order changed."""
+        with self._lock:
+            now = [c["id"] for c in self.list_classes(project_id)]
+            if sorted(now) != sorted(class_ids) or len(set(class_ids)) != len(class_ids):
+                raise HRDv2Error(f"class order {class_ids} must list each class of project {project_id} once: {now}.")
+            if now == class_ids:
+                return False
+            with self._db:
+                for pos, cid in enumerate(class_ids, start=1):
+                    self._db.execute("UPDATE classes SET position=? WHERE id=?", (pos, cid))
+                self._db.execute("UPDATE images SET prediction_version=0 WHERE project_id=?", (project_id,))
+                self._db.execute("UPDATE projects SET model_version=model_version+1, has_model=0, model_source=NULL "
+                                 "WHERE id=?", (project_id,))
+        return True
+
     def delete_class(self, class_id: int) -> int:
         """Delete a class and every stroke painted with it; returns the number of strokes removed.
 
@@ -281,7 +335,8 @@ class Store:
                 n = self._db.execute("DELETE FROM strokes WHERE class_id=?", (class_id,)).rowcount
                 self._db.execute("DELETE FROM classes WHERE id=?", (class_id,))
                 self._db.execute("UPDATE images SET prediction_version=0 WHERE project_id=?", (project_id,))
-                self._db.execute("UPDATE projects SET model_version=model_version+1, has_model=0 WHERE id=?", (project_id,))
+                self._db.execute("UPDATE projects SET model_version=model_version+1, has_model=0, model_source=NULL WHERE id=?",
+                                 (project_id,))
         return n
 
     # -- strokes -----------------------------------------------------------------------------
@@ -294,7 +349,19 @@ class Store:
             "class_id": row["class_id"],
             "radius": row["radius"],
             "points": [tuple(p) for p in json.loads(row["points"])],
+            "runs": [tuple(r) for r in json.loads(row["runs"])] if row["runs"] else None,
         }
+
+    def add_label_layer(self, image_id: int, runs: list[list[int]]) -> dict[str, Any]:
+        """An imported label image as one undoable stroke: (class_id, row, x0, x1) runs."""
+        with self._lock:
+            with self._db:
+                self._db.execute("DELETE FROM strokes WHERE image_id=? AND undone=1", (image_id,))
+                sid = self._db.execute(
+                    "INSERT INTO strokes(image_id, tool, class_id, radius, points, runs, created) VALUES (?,?,?,?,?,?,?)",
+                    (image_id, "labels", None, 0.0, "[]", json.dumps(runs, separators=(",", ":")), time.time()),
+                ).lastrowid
+        return self._stroke_dict(self._one("SELECT * FROM strokes WHERE id=?", (sid,)))
 
     def add_stroke(self, image_id: int, tool: str, class_id: int | None, radius: float, points: list) -> dict[str, Any]:
         with self._lock:
@@ -327,7 +394,7 @@ class Store:
     def images_with_strokes(self, project_id: int) -> list[int]:
         rows = self._all(
             "SELECT DISTINCT images.id FROM images JOIN strokes ON strokes.image_id=images.id "
-            "WHERE images.project_id=? AND strokes.undone=0 AND strokes.tool='brush' ORDER BY images.id",
+            f"WHERE images.project_id=? AND strokes.undone=0 AND strokes.tool IN {LABELLING_TOOLS} ORDER BY images.id",
             (project_id,),
         )
         return [r[0] for r in rows]

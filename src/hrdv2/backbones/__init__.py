@@ -6,20 +6,24 @@ import os
 
 import torch
 
+from hrdv2.backbones.facets import ATTENTIONS, FACETS
 from hrdv2.backbones.registry import REGISTRY, BackboneSpec, list_backbones, resolve
-from hrdv2.backbones.vit import IMAGENET_MEAN, IMAGENET_STD, Backbone
+from hrdv2.backbones.vit import IMAGENET_MEAN, IMAGENET_STD, SUPPORTED, Backbone
 from hrdv2.backbones.weights import RANDOM, download_checkpoint, how_to_supply, load_into, read_checkpoint
 from hrdv2.device import resolve_device
 from hrdv2.errors import ConfigError, WeightsUnavailableError
 
-__all__ = ["Backbone", "BackboneSpec", "IMAGENET_MEAN", "IMAGENET_STD", "build_architecture", "list_backbones",
-           "load_backbone", "REGISTRY", "resolve_device"]
+__all__ = ["ATTENTIONS", "Backbone", "BackboneSpec", "FACETS", "IMAGENET_MEAN", "IMAGENET_STD", "SUPPORTED",
+           "build_architecture", "list_backbones", "load_backbone", "REGISTRY", "resolve_device"]
 
 
 def build_architecture(spec: BackboneSpec) -> torch.nn.Module:
-    """The timm architecture, untrained, ready for any image size (dynamic positional embedding)."""
+    """The timm architecture, untrained, ready for any image size (dynamic positional embedding;
+    SAM encoders always resample theirs)."""
     import timm
 
+    if spec.family == "sam":
+        return timm.create_model(spec.timm_name, pretrained=False, num_classes=0)
     return timm.create_model(spec.timm_name, pretrained=False, num_classes=0, dynamic_img_size=True)
 
 
@@ -47,9 +51,12 @@ def load_backbone(
         model = build_architecture(spec)
         pretrained, source = False, RANDOM
     elif weights is not None:
+        state = read_checkpoint(weights, spec, sha256)  # a missing or unreadable file fails before the build
         model = build_architecture(spec)
-        load_into(model, read_checkpoint(weights, spec, sha256), spec, str(weights))
+        load_into(model, state, spec, str(weights))
         pretrained, source = True, str(weights)
+    elif spec.manual is not None:  # licensed weights (DINOv3): only ever from a local file
+        raise WeightsUnavailableError(f"no weights given for {spec.name}. {how_to_supply(spec)}")
     elif spec.url is not None:
         model = build_architecture(spec)
         load_into(model, download_checkpoint(spec), spec, spec.url)
@@ -57,8 +64,9 @@ def load_backbone(
     else:
         import timm
 
+        extra = {} if spec.family == "sam" else {"dynamic_img_size": True}
         try:
-            model = timm.create_model(spec.timm_name, pretrained=True, num_classes=0, dynamic_img_size=True)
+            model = timm.create_model(spec.timm_name, pretrained=True, num_classes=0, **extra)
         except Exception as exc:
             raise WeightsUnavailableError(
                 f"could not get pretrained weights for {spec.timm_name} from the Hugging Face hub ({exc}). "

@@ -2,8 +2,10 @@
 
 A name maps to a timm architecture plus the URL of the official checkpoint (facebookresearch
 DINO / DINOv2 releases on dl.fbaipublicfiles.com) and, where it is published, its sha256.
-Any other timm ViT is available as ``timm:<timm model name>`` (weights via timm's own
-Hugging Face hub download and cache).
+DINOv3 weights are released under a licence each user accepts, so they are never downloaded
+here: the spec says where to get them, and a local file is loaded (official .pth or timm /
+Hugging Face safetensors). Any other supported timm ViT (VisionTransformer, Eva, SAM) is
+available as ``timm:<timm model name>`` (weights via timm's own Hugging Face hub download).
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ class BackboneSpec:
     url: str | None = None  # official checkpoint; None -> timm's own pretrained download
     sha256: str | None = None  # published digest of the file at ``url``, when known
     family: str = "timm"
+    manual: str | None = None  # where to get weights that cannot be downloaded automatically (licence)
 
     @property
     def filename(self) -> str | None:
@@ -36,6 +39,22 @@ def _dinov2(size: str, timm_size: str, reg: bool, sha256: str | None = None) -> 
     timm_name = f"vit_{timm_size}_patch14_{'reg4_' if reg else ''}dinov2"
     url = (_DINOV2_REG if reg else _DINOV2).format(n=base)
     return BackboneSpec(name, timm_name, url, sha256, "dinov2")
+
+
+_DINOV3_FILES = {  # official release file names (facebookresearch/dinov3 README)
+    "s": "dinov3_vits16_pretrain_lvd1689m-08c60483.pth",
+    "splus": "dinov3_vits16plus_pretrain_lvd1689m-4057cbaa.pth",
+    "b": "dinov3_vitb16_pretrain_lvd1689m-73cec8be.pth",
+    "l": "dinov3_vitl16_pretrain_lvd1689m-8aa4cbdd.pth",
+}
+
+
+def _dinov3(size: str, timm_size: str, name: str) -> BackboneSpec:
+    timm_name = f"vit_{timm_size}_patch16_dinov3"
+    manual = (f"the official {_DINOV3_FILES[size]} (request access under the DINOv3 licence at "
+              "https://ai.meta.com/resources/models-and-libraries/dinov3-downloads/) or timm's "
+              f"model.safetensors from https://huggingface.co/timm/{timm_name}.lvd1689m")
+    return BackboneSpec(name, timm_name, family="dinov3", manual=manual)
 
 
 REGISTRY: dict[str, BackboneSpec] = {
@@ -54,6 +73,10 @@ REGISTRY: dict[str, BackboneSpec] = {
         BackboneSpec("dino_vits16", "vit_small_patch16_224", _DINO.format(d="dino_deitsmall16"), family="dino"),
         BackboneSpec("dino_vitb8", "vit_base_patch8_224", _DINO.format(d="dino_vitbase8"), family="dino"),
         BackboneSpec("dino_vitb16", "vit_base_patch16_224", _DINO.format(d="dino_vitbase16"), family="dino"),
+        _dinov3("s", "small", "dinov3_vits16"),
+        _dinov3("splus", "small_plus", "dinov3_vits16plus"),
+        _dinov3("b", "base", "dinov3_vitb16"),
+        _dinov3("l", "large", "dinov3_vitl16"),
     ]
 }
 
@@ -65,18 +88,38 @@ def list_backbones() -> list[str]:
     return sorted(REGISTRY)
 
 
+# timm modules whose models hrdv2 can run (see hrdv2.backbones.vit.FAMILIES for the classes)
+TIMM_MODULES = ("timm.models.vision_transformer", "timm.models.eva", "timm.models.vision_transformer_sam")
+SUPPORTED_TEXT = ("named backbones ({names}); any timm VisionTransformer (vit_*, deit*), Eva (eva02_*, "
+                  "vit_*_dinov3, vit_*_rope_*) or SAM encoder (samvit_*) as 'timm:<name>'")
+
+
+def timm_module(arch: str) -> str | None:
+    """The timm module defining architecture ``arch``, or None if timm does not know it."""
+    import timm
+
+    if not timm.is_model(arch):
+        return None
+    return timm.models.model_entrypoint(arch).__module__
+
+
 def resolve(name: str) -> BackboneSpec:
-    """The spec for ``name``; ``timm:<model>`` (or a bare timm ViT name) builds a spec on the fly."""
+    """The spec for ``name``; ``timm:<model>`` (or a bare timm name) builds a spec on the fly.
+
+    Anything else is refused in one line that lists what is supported."""
     if name in REGISTRY:
         return REGISTRY[name]
     timm_name = name[len(TIMM_PREFIX):] if name.startswith(TIMM_PREFIX) else name
-    import timm
-
     arch = timm_name.split(".")[0]
-    if arch in timm.list_models() and arch.startswith(("vit_", "deit", "eva", "beit")):
-        return BackboneSpec(name, timm_name)
-    close = [n for n in list_backbones() if n.split("_")[0] in name] or list_backbones()[:4]
-    raise ConfigError(
-        f"unknown backbone {name!r}. Known: {', '.join(list_backbones())}; or any timm ViT as "
-        f"'timm:<name>' (see timm.list_models('vit_*')). Did you mean {close[0]!r}?"
-    )
+    module = timm_module(arch) if arch else None
+    supported = SUPPORTED_TEXT.format(names=", ".join(list_backbones()))
+    if module in TIMM_MODULES:
+        family = "sam" if module.endswith("_sam") else "timm"
+        return BackboneSpec(name, timm_name, family=family)
+    if module is not None:
+        raise ConfigError(f"backbone {name!r} is a timm {module.rsplit('.', 1)[-1]} model, not a ViT hrdv2 can run. "
+                          f"Supported: {supported}.")
+    import difflib
+
+    close = difflib.get_close_matches(name, list_backbones(), n=1, cutoff=0.0)
+    raise ConfigError(f"unknown backbone {name!r} (did you mean {close[0]!r}?). Supported: {supported}.")

@@ -24,6 +24,10 @@ def sha256_of(path: str | os.PathLike) -> str:
 
 
 def how_to_supply(spec: BackboneSpec) -> str:
+    if spec.manual:  # licensed weights: never downloaded automatically
+        return (f"To use {spec.name}, download {spec.manual} and pass the file with --weights PATH (Python: "
+                "weights=PATH). Without weights, use classical features (--features classical), which need none;"
+                " --weights random builds the untrained architecture (for testing only).")
     where = spec.url or f"timm/Hugging Face hub model {spec.timm_name!r}"
     cache = Path(torch.hub.get_dir()) / "checkpoints"
     return (
@@ -97,13 +101,50 @@ def download_checkpoint(spec: BackboneSpec) -> dict:
     return read_checkpoint(target, spec, spec.sha256)
 
 
-def load_into(model: torch.nn.Module, state: dict, spec: BackboneSpec, source: str) -> None:
-    """Convert (official DINO/DINOv2 layouts via timm's filter) and load strictly, with a clear
-    message on missing keys or shape mismatches."""
-    from timm.models.vision_transformer import checkpoint_filter_fn
-
+def _has_q_bias(model: torch.nn.Module, path: str) -> bool:
     try:
-        state = checkpoint_filter_fn(state, model)
+        return getattr(model.get_submodule(path), "q_bias", None) is not None
+    except AttributeError:  # a block the model does not have: reported as an unexpected key later
+        return True
+
+
+def _official_dinov3_biases(state: dict, model: torch.nn.Module, source: str) -> dict:
+    """The official DINOv3 layout stores one fused ``attn.qkv.bias`` (its key third masked to zero).
+    timm's DINOv3 models without q/v biases have no place for it: accept it only when it is all
+    zero (as in the distilled releases) and drop it, so nothing is silently lost."""
+    if "storage_tokens" not in state:
+        return state
+    out = {}
+    for k, v in state.items():
+        if k.endswith("attn.qkv.bias") and not _has_q_bias(model, k[: -len(".qkv.bias")]):
+            q, _, val = v.chunk(3, dim=-1)
+            if q.abs().max() > 0 or val.abs().max() > 0:
+                raise WeightsUnavailableError(
+                    f"{source} has non-zero query/value biases ({k}) that this timm architecture has no place for; "
+                    "use the '_qkvb' variant of the model, e.g. timm:vit_small_patch16_dinov3_qkvb.")
+            continue
+        out[k] = v
+    return out
+
+
+def _filter_for(model: torch.nn.Module):
+    """timm's own checkpoint converter for the model's family (official layouts -> timm layout)."""
+    kind = type(model).__name__
+    if kind == "Eva":
+        from timm.models.eva import checkpoint_filter_fn
+    elif kind == "VisionTransformerSAM":
+        from timm.models.vision_transformer_sam import checkpoint_filter_fn
+    else:
+        from timm.models.vision_transformer import checkpoint_filter_fn
+    return checkpoint_filter_fn
+
+
+def load_into(model: torch.nn.Module, state: dict, spec: BackboneSpec, source: str) -> None:
+    """Convert (official DINO/DINOv2/DINOv3/SAM layouts via timm's filters) and load strictly, with
+    a clear message on missing keys or shape mismatches."""
+    state = _official_dinov3_biases(state, model, source)
+    try:
+        state = _filter_for(model)(state, model)
     except Exception as exc:
         raise WeightsUnavailableError(f"{source}: cannot be converted for {spec.name} ({exc}).") from exc
     own = model.state_dict()

@@ -118,15 +118,40 @@ def _classical_fallback(name: str, image: np.ndarray, out: Path, pca_png: bool) 
 @click.option("--pca-png/--no-pca-png", default=True, show_default=True, help="Write a PCA picture of the features.")
 @click.option("--attention-png/--no-attention-png", default=True, show_default=True,
               help="Write the CLS attention (mean over heads) as a heat map.")
+@click.option("--attention", "attention_kind", type=click.Choice(["softmax", "o"]), default="softmax",
+              show_default=True, help="CLS signal of the last block: softmax attention, or o (the published code's "
+              "CLS attention output . each token's value).")
+@click.option("--facet", type=click.Choice(["token", "key", "query", "value"]), default="token", show_default=True,
+              help="Features: the block's output tokens, or its attention keys / queries / values (Amir et al.).")
+@click.option("--layer", type=int, default=None,
+              help="Block the facet comes from, 0-based (negative: from the end). Default: the last block.")
 @click.option("--fallback/--no-fallback", default=True, show_default=True,
               help="Without weights, fall back to classical features instead of failing.")
+@click.option("--preset", type=click.Choice(["paper", "published", "fast"]), default=None,
+              help="Named settings (options given explicitly win): paper = dinov2_vits14_reg, stride 4, shifts 1,2 "
+                   "Moore, flips; published = paper in the published code's geometry; fast = one pass at stride P.")
+@click.option("--geometry", type=click.Choice(["hrdv2", "published"]), default="hrdv2", show_default=True,
+              help="Patch geometry: hrdv2 (every feature on its own pixels) or the published code's "
+                   "(docs/geometry.md).")
+@click.option("--flip-set", type=click.Choice(["hrdv2", "published"]), default="hrdv2", show_default=True,
+              help="Flips: hrdv2 {id, h, v, hv} or the published [id, h, id, v] (implies --flips).")
+@click.option("--dry-run", is_flag=True, help="Print the settings and the estimated time per image, then stop.")
+@click.option("--pca-video/--no-pca-video", default=None,
+              help="Time series: one PCA over all frames -> NAME_pca.mp4|gif, features -> NAME_features.zarr "
+                   "(T, C, H, W). Default: on for videos (mp4/avi/mov/gif...); give it for frame folders and timelapse "
+                   "TIFFs (see docs/video.md).")
+@click.option("--video-format", type=click.Choice(["mp4", "gif"]), default="mp4", show_default=True)
+@click.option("--fps", type=click.FloatRange(min=0, min_open=True), default=None,
+              help="PCA video frame rate (default: the input video's, else 10).")
 @click.option("--workers", type=click.IntRange(1), default=None,
               help="Run on a local Dask cluster of N worker processes: one task per file, or per block with "
                    "--format ome-zarr (see docs/distributed.md).")
 @click.option("--scheduler", default=None, metavar="ADDRESS|FILE",
               help="Run on an existing Dask cluster: its scheduler address (tcp://host:8786) or scheduler file.")
 def features(images, backbone, weights, stride, shift_text, pattern, flips, rotations, dtype, batch_size, device,
-             out_dir, fmt, block_size, tile, pca_png, attention_png, fallback, workers, scheduler) -> None:
+             out_dir, fmt, block_size, tile, pca_png, attention_png, attention_kind, facet, layer, fallback, workers,
+             scheduler, pca_video=None, video_format="mp4", fps=None, preset=None, geometry="hrdv2", flip_set="hrdv2",
+             dry_run=False) -> None:
     """Featurise IMAGES (files, folders, multi-page stacks) with HR-Dv2; no IMAGES: a bundled sample micrograph.
 
     A file that cannot be read or featurised is reported and skipped; the others are still
@@ -136,18 +161,31 @@ def features(images, backbone, weights, stride, shift_text, pattern, flips, rota
 
     out = Path(out_dir)
     check_outputs(folders=(out,))
-    inputs = iter_inputs(images)
-    missing = [str(path) for _, path in inputs if path is not None and not path.exists()]
+    from hrdv2.timeseries import featurise_source, split_series
+
+    series, images = split_series(images, pca_video)  # videos, frame folders, timelapses: one PCA over time
+    inputs = iter_inputs(images) if images or not series else []
+    missing = [str(path) for _, path in inputs + series if path is not None and not path.exists()]
     if missing:  # a typo: say so before the (slow) backbone load
         from hrdv2.errors import ImageReadError
 
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise ImageReadError(f"{missing[0]}: no such file{more}. Check the path (relative paths start at {Path.cwd()}).")
+    from hrdv2.cli.presets import apply_preset, resolve_flip_set
+
+    ctx = click.get_current_context(silent=True)
+    opts = {"preset": preset, "backbone": backbone, "stride": stride, "shift_text": shift_text, "pattern": pattern,
+            "flips": flips, "rotations": rotations, "geometry": geometry, "flip_set": flip_set, "device": device}
+    preset = apply_preset(ctx, "features", opts)
+    backbone, stride, shift_text, pattern, rotations, geometry, flip_set = (opts[k] for k in (
+        "backbone", "stride", "shift_text", "pattern", "rotations", "geometry", "flip_set"))
+    flips = resolve_flip_set(ctx, opts["flips"], flip_set)
     config = FeatureConfig(kind="deep", backbone=backbone, weights=weights, stride=stride,
                            shifts=parse_int_list(shift_text, "shifts"), pattern=pattern, flips=flips,
-                           rotations=rotations, device=device, batch_size=batch_size)
+                           rotations=rotations, device=device, batch_size=batch_size, facet=facet, layer=layer,
+                           attention=attention_kind, geometry=geometry, flip_set=flip_set)
     engine = FeatureEngine(config, dtype=dtype)
-    run = FileRun(len(inputs))
+    run = FileRun(len(inputs) + len(series))
     blockwise = fmt == "ome-zarr" or block_size is not None
     if blockwise and images == ():
         raise ConfigError("block-wise features (--format ome-zarr / --block-size) need input files; give an image.")
@@ -170,15 +208,34 @@ def features(images, backbone, weights, stride, shift_text, pattern, flips, rota
             _classical_fallback(name, image, out, pca_png)
     else:
         cluster_task = "featurise_file"
-        fz = engine.featurizer(attention=True, dtype=dtype, progress=True)
+        if attention_png and not bb.has_cls_token:
+            click.secho(f"note: {bb.name} has no CLS token, so there is no attention map.", fg="yellow", err=True)
+        fz = engine.featurizer(attention=attention_png and bb.has_cls_token, dtype=dtype, progress=True)
         if not bb.pretrained:
             click.secho(f"note: {bb.describe()}: features are NOT meaningful, only the mechanics are.", fg="yellow",
                         err=True)
         cluster_args = (load_pages, _featurise_one, out, fmt, pca_png, attention_png)
+        from hrdv2.cli.presets import TimeEstimate, describe_features
+
+        setup = describe_features(preset, config, len(fz.transforms))
+        click.echo(setup)
+        estimator = TimeEstimate(fz)
 
         def per_page(name: str, image: np.ndarray) -> None:
-            _featurise_one(fz, name, image, out, fmt, pca_png, attention_png)
+            from hrdv2.cli.presets import estimate_message, faster_hints
 
+            h, w = image.shape[:2]
+            msg = estimate_message(estimator.seconds(h, w), f"{name} ({w}x{h})", fz, faster_hints("features", fz),
+                                   threshold=0.0 if dry_run else None)
+            if msg:
+                click.secho(msg, fg="yellow", err=not dry_run)
+            if not dry_run:
+                _featurise_one(fz, name, image, out, fmt, pca_png, attention_png, setup=f"preset {preset}" if preset
+                               else "")
+
+    if dry_run and (on_cluster or blockwise or series):
+        click.echo("dry run: nothing featurised (time estimates are given for whole images only).")
+        return
     if on_cluster:
         from hrdv2.distributed import commands
 
@@ -191,7 +248,11 @@ def features(images, backbone, weights, stride, shift_text, pattern, flips, rota
                 continue
             for page_name, image in load_pages(name, path):
                 per_page(page_name, image)
-    run.finish(len(inputs))
+    for name, source in series:
+        with run.step(source):
+            click.echo(featurise_source(engine, name, source, out, store=fmt != "none", video_format=video_format,
+                                        fps=fps)[1])
+    run.finish(len(inputs) + len(series))
 
 
 def _features_on_cluster(engine, inputs, out: Path, blockwise: bool, block_size: int | None, tile: int, file_func,
@@ -259,7 +320,8 @@ def _pyramid_pca_png(store: Path, target: Path, max_side: int = 1024) -> None:
     write_image(target, pca_rgb(data))
 
 
-def _featurise_one(fz, name: str, image: np.ndarray, out: Path, fmt: str, pca_png: bool, attention_png: bool) -> None:
+def _featurise_one(fz, name: str, image: np.ndarray, out: Path, fmt: str, pca_png: bool, attention_png: bool,
+                   setup: str = "") -> None:
     from hrdv2.features.pca import heatmap_rgb, pca_rgb
 
     h, w = image.shape[:2]
@@ -274,10 +336,21 @@ def _featurise_one(fz, name: str, image: np.ndarray, out: Path, fmt: str, pca_pn
         write_image(out / f"{name}_attention.png", heatmap_rgb(res.mean_attention()))
     i = res.info
     click.echo(
-        f"{name}: {w}x{h} | {i['backbone']} | stride {i['stride']} grid "
+        f"{name}: {w}x{h} | {setup + ' | ' if setup else ''}{i['backbone']}{_signals_note(fz)} | stride {i['stride']}"
+        f"{' (published geometry)' if i.get('geometry', 'hrdv2') != 'hrdv2' else ''} grid "
         f"{i['grid'][1]}x{i['grid'][0]} | {i['transforms']} transforms | {i['dtype']} | {i['seconds']:.2f} s "
         f"(ViT {i['vit_seconds']:.2f} s) | peak RSS {peak_rss_gb():.2f} GB | features {tuple(feats.shape)} -> {out}"
     )
+
+
+def _signals_note(fz) -> str:
+    """' | key of block 3, o attention' when the featurizer does not use the defaults."""
+    parts = []
+    if fz.facet != "token" or fz.layer != fz.backbone.depth - 1:
+        parts.append(f"{fz.facet} of block {fz.layer}")
+    if fz.attention_kind not in (None, "softmax"):
+        parts.append(f"{fz.attention_kind} attention")
+    return " | " + ", ".join(parts) if parts else ""
 
 
 @click.command()
@@ -289,6 +362,10 @@ def backbones() -> None:
 
     cache = Path(torch.hub.get_dir()) / "checkpoints"
     for name, spec in sorted(REGISTRY.items()):
+        if spec.manual:  # licensed weights: never downloaded, always a local file
+            click.echo(f"{name:20s} {spec.timm_name:32s} local file only (--weights PATH): {spec.manual}")
+            continue
         cached = spec.filename is not None and (cache / spec.filename).exists()
         click.echo(f"{name:20s} {spec.timm_name:32s} {'cached' if cached else 'not cached'}  {spec.url}")
-    click.echo("Any timm ViT: timm:<name>, e.g. timm:vit_base_patch16_224.augreg_in21k")
+    click.echo("Any timm ViT, EVA (eva02_*, vit_*_dinov3, vit_*_rope_*) or SAM encoder (samvit_*): timm:<name>, "
+               "e.g. timm:vit_base_patch16_224.augreg_in21k")

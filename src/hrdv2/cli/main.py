@@ -18,6 +18,8 @@ COMMANDS: dict[str, str] = {
     "serve": "hrdv2.cli.serve:serve",
     "bench": "hrdv2.cli.main:bench",
     "backbones": "hrdv2.cli.features:backbones",
+    "match": "hrdv2.cli.match:match",
+    "tune": "hrdv2.cli.tune:tune",
 }
 
 # `hrdv2 bench NAME`: benchmark commands owned by each workflow's CLI module

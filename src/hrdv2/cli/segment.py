@@ -18,7 +18,7 @@ from tqdm import tqdm
 
 from hrdv2.cli.boundary import FileRun, check_outputs
 from hrdv2.cli.config_file import config_file_option
-from hrdv2.errors import HRDv2Error, ShapeError
+from hrdv2.errors import ConfigError, HRDv2Error, ShapeError
 
 
 class _Progress:
@@ -54,19 +54,39 @@ def _floats(text: str) -> tuple[float, ...]:
               help="Training image (repeat; paired in order with --scribble).")
 @click.option("--scribble", "scribbles", multiple=True, required=True, type=click.Path(path_type=Path),
               help="Scribble label map: 0 = unlabelled, 1..K = class (repeat).")
-@click.option("--features", "kind", type=click.Choice(["classical", "deep", "hybrid"]), default="classical",
-              show_default=True, help="Feature set; deep/hybrid need backbone weights (--weights).")
+@click.option("--features", "kind", type=click.Choice(["classical", "deep", "hybrid", "auto"]), default="classical",
+              show_default=True, help="Feature set; deep/hybrid need backbone weights (--weights); auto: classical "
+                                      "filters, scales and classifier chosen by cross-validation on the scribbles.")
 @click.option("--classifier", type=click.Choice(["logistic", "random_forest", "gradient_boosting"]),
               default="random_forest", show_default=True)
 @click.option("--sigmas", default="1,2,4,8,16", show_default=True, help="Classical filter scales (px).")
 @click.option("--filters", default="default", show_default=True,
-              help="Classical filters: 'default', 'all', or comma-separated names (see docs/segmentation.md).")
+              help="Classical filters: 'default', 'weka', 'all', or comma-separated names (see docs/segmentation.md).")
 @click.option("--normalise", type=click.Choice(["auto", "percentile", "none"]), default="auto", show_default=True,
               help="Intensity rescaling before featurising (auto: percentile stretch for grey, none for colour).")
 @click.option("--backbone", default="dinov2_vits14", show_default=True)
 @click.option("--weights", default=None, help="Backbone weights file (.pth), or 'random' (untrained, testing only).")
 @click.option("--stride", type=int, default=None, help="ViT patch stride (default: patch size).")
 @click.option("--flips/--no-flips", default=False, help="Also average over flips (deep features).")
+@click.option("--shifts", "shift_text", default="1,2", show_default=True,
+              help="Deep features: shift distances in px ('' for none).")
+@click.option("--pattern", type=click.Choice(["moore", "neumann"]), default="moore", show_default=True,
+              help="Deep features: shift neighbourhood.")
+@click.option("--rotations/--no-rotations", default=False, show_default=True,
+              help="Deep features: also average over 90° turns (x4).")
+@click.option("--dtype", type=click.Choice(["float32", "bfloat16", "float16"]), default="float32", show_default=True,
+              help="Deep features: ViT compute dtype; accumulation is float32.")
+@click.option("--batch-size", type=click.IntRange(1), default=4, show_default=True,
+              help="Deep features: transformed copies per ViT call (bounds memory).")
+@click.option("--geometry", type=click.Choice(["hrdv2", "published"]), default="hrdv2", show_default=True,
+              help="Deep features: patch geometry, hrdv2 or the published code's (docs/geometry.md).")
+@click.option("--flip-set", type=click.Choice(["hrdv2", "published"]), default="hrdv2", show_default=True,
+              help="Deep features: hrdv2 flips {id, h, v, hv} or the published [id, h, id, v] (implies --flips).")
+@click.option("--preset", type=click.Choice(["paper", "published", "fast"]), default=None,
+              help="Named settings (options given explicitly win): paper = deep features of dinov2_vits14_reg, "
+                   "stride 4, shifts 1,2 Moore, flips; published = paper in the published geometry; fast = deep, one "
+                   "pass at stride P.")
+@click.option("--dry-run", is_flag=True, help="Print the settings and estimated featurising time, then stop.")
 @click.option("--pca", "pca_components", type=int, default=None, help="Compress deep features to K channels.")
 @click.option("--crf/--no-crf", default=False, show_default=True, help="Dense-CRF clean-up of predictions.")
 @click.option("--max-samples", type=int, default=20_000, show_default=True,
@@ -81,7 +101,9 @@ def _floats(text: str) -> tuple[float, ...]:
               help="Volume mode: voxel size z,y,x (e.g. 4,1,1 for slices 4x thicker than pixels).")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Model file to write (.skops).")
 def train(images, scribbles, kind, classifier, sigmas, filters, normalise, backbone, weights, stride, flips,
-          pca_components, crf, max_samples, class_names, cache_dir, device, volume, spacing, out) -> None:
+          pca_components, crf, max_samples, class_names, cache_dir, device, volume, spacing, out, shift_text="1,2",
+          pattern="moore", rotations=False, dtype="float32", batch_size=4, geometry="hrdv2", flip_set="hrdv2",
+          preset=None, dry_run=False) -> None:
     """Train a segmenter on image + scribble pairs (multi-page TIFF stacks with label stacks too:
     pages without labels are skipped)."""
     from hrdv2.features.sets import FeatureConfig, estimate_feature_bytes
@@ -91,26 +113,75 @@ def train(images, scribbles, kind, classifier, sigmas, filters, normalise, backb
     if len(images) != len(scribbles):
         raise click.UsageError(f"give one --scribble per --image ({len(images)} images, {len(scribbles)} scribbles).")
     check_outputs(files=(out,))
-    config = FeatureConfig(kind=kind, sigmas=_floats(sigmas), filters=filters, normalise=normalise, backbone=backbone,
+    from hrdv2.cli.features import parse_int_list
+    from hrdv2.cli.presets import TRAIN_OPTION_KINDS, apply_preset, describe_features, refuse_inapplicable, \
+        resolve_flip_set
+
+    ctx = click.get_current_context(silent=True)
+    opts = dict(preset=preset, kind=kind, backbone=backbone, weights=weights, stride=stride, shift_text=shift_text,
+                pattern=pattern, flips=flips, rotations=rotations, dtype=dtype, batch_size=batch_size,
+                geometry=geometry, flip_set=flip_set, pca_components=pca_components, device=device, sigmas=sigmas,
+                filters=filters, volume=volume, spacing=spacing)
+    preset = apply_preset(ctx, "train", opts)
+    kind, backbone, stride, shift_text, pattern, rotations, geometry, flip_set = (opts[k] for k in (
+        "kind", "backbone", "stride", "shift_text", "pattern", "rotations", "geometry", "flip_set"))
+    if preset and kind in ("classical", "auto"):
+        raise ConfigError(f"--preset {preset} sets deep features, but --features {kind} was chosen; drop one of them "
+                          "(or use --features hybrid for both).")
+    refuse_inapplicable(ctx, kind, opts, TRAIN_OPTION_KINDS)
+    flips = resolve_flip_set(ctx, opts["flips"], flip_set) if kind not in ("classical", "auto") else flips
+    config = FeatureConfig(kind="classical" if kind == "auto" else kind, sigmas=_floats(sigmas), filters=filters, normalise=normalise, backbone=backbone,
                            weights=weights, stride=stride, flips=flips, pca_components=pca_components, device=device,
-                           volume=volume, spacing=spacing if volume else (1.0, 1.0, 1.0))
+                           volume=volume, spacing=spacing if volume else (1.0, 1.0, 1.0),
+                           shifts=parse_int_list(shift_text, "shifts"), pattern=pattern, rotations=rotations,
+                           batch_size=batch_size, geometry=geometry, flip_set=flip_set)
     names = [n.strip() for n in class_names.split(",")] if class_names else None
-    seg = Segmenter(config, classifier=classifier, crf=crf, max_samples=max_samples, class_names=names,
-                    cache_dir=cache_dir)
+    seg = Segmenter("auto" if kind == "auto" else config, classifier=classifier, crf=crf, max_samples=max_samples,
+                    class_names=names, cache_dir=cache_dir)
+    if kind == "auto":
+        seg.features = seg.features.replace(normalise=normalise)
+    setup = ""
+    if config.uses_deep:
+        seg.engine.dtype = dtype  # a runtime choice, like the device: not part of the model's features
+        setup = describe_features(preset, config, len(seg.engine.transforms()))
+        click.echo(setup)
     if volume:
         _train_volume(seg, images, scribbles, out)
         return
     imgs, scrs, pair_names = read_training_pairs(images, scribbles)
     for im, name in zip(imgs, pair_names):
         require_memory(estimate_feature_bytes(seg.compute_config, im.shape), f"featurising {name}")
+    if config.uses_deep:
+        _print_estimate(seg, imgs, dry_run)
+    if dry_run:
+        click.echo(f"dry run: {len(imgs)} image(s)/page(s) read, nothing featurised or trained.")
+        return
     feats = []
-    for name, im in tqdm(list(zip(pair_names, imgs)), desc="featurising", unit="img", disable=None):
+    for name, im in tqdm([] if kind == "auto" else list(zip(pair_names, imgs)), desc="featurising", unit="img",
+                         disable=None):
         with _Progress(f"features {name}") as cb:
             feats.append(seg.featurise(im, progress=cb))
-    seg.fit(imgs, scrs, feats, names=pair_names)
+    seg.fit(imgs, scrs, feats or None, names=pair_names)  # auto featurises inside fit, once per candidate set
     seg.save(out)
+    if getattr(seg, "auto_choice_", None) is not None:
+        setup = seg.auto_choice_.summary()
     click.echo(f"trained {seg!r} on {seg.n_train_pixels_} pixels of {len(imgs)} image(s)/page(s); "
-               f"classes {dict(zip(seg.classes_.tolist(), seg.class_names))}; wrote {out}")
+               f"classes {dict(zip(seg.classes_.tolist(), seg.class_names))}; wrote {out}"
+               + (f" | {setup}" if setup else ""))
+
+
+def _print_estimate(seg, imgs: list[np.ndarray], force: bool) -> None:
+    """Estimated deep-featurising time of all training images, printed when over the threshold
+    (always with --dry-run), with how to make it faster."""
+    from hrdv2.cli.presets import TimeEstimate, estimate_message, faster_hints
+
+    fz = seg.engine.featurizer()
+    estimator = TimeEstimate(fz)
+    seconds = sum(estimator.seconds(*im.shape[:2]) for im in imgs)
+    what = f"{len(imgs)} training image(s)/page(s)"
+    msg = estimate_message(seconds, what, fz, faster_hints("train", fz), threshold=0.0 if force else None)
+    if msg:
+        click.secho(msg, fg="yellow", err=not force)
 
 
 def _train_volume(seg, images: tuple[Path, ...], scribbles: tuple[Path, ...], out: Path) -> None:

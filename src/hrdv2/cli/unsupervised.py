@@ -1,10 +1,11 @@
 """``hrdv2 unsupervised`` (masks and boxes for images, no labels) and
 ``hrdv2 bench unsupervised`` (CorLoc / mIoU on the standard benchmarks beside the paper's).
 
-``--preset paper`` (the default) is the paper's setting: stride 4, shifts 1,2 Moore, flips
-(68 ViT passes per image; minutes per image on a CPU). ``--preset fast`` is one stride-14 pass
-on an image downscaled to <= 224 px, for CPUs and previews. Explicit --stride / --shifts /
---flips / --max-side override the preset.
+``--preset paper`` is the paper's setting (its experiments' ``vanilla_dv2``: DINOv2-S/14 with
+registers, stride 4, shifts 1,2 Moore, flips, "o" attention, CRF; 68 ViT passes per image,
+minutes to hours per image on a CPU). ``--preset fast`` is one stride-14 pass on an image
+downscaled to <= 224 px. The default, ``auto``, is ``paper`` on a GPU and ``fast`` on a CPU
+(hrdv2.cli.presets). Options given explicitly (or in --config) override the preset.
 """
 
 from __future__ import annotations
@@ -33,9 +34,16 @@ STAGES = ("features", "pca", "kmeans", "foreground", "merging", "crf", "boxes")
 
 def _pipeline_options(f):
     opts = [
-        click.option("--preset", type=click.Choice(["paper", "fast"]), default="paper", show_default=True,
-                     help="paper: stride 4, shifts 1,2 + flips, full size (slow on CPU); fast: stride 14, no shifts "
-                          "or flips, <= 224 px."),
+        click.option("--preset", type=click.Choice(["auto", "paper", "published", "fast"]), default="auto",
+                     show_default=True,
+                     help="paper: the paper's experiments (stride 4, shifts 1,2 + flips, o attention, CRF; slow on a "
+                          "CPU); published: paper in the published code's geometry; fast: stride 14, no shifts or "
+                          "flips, <= 224 px; auto: paper on a GPU, fast on a CPU."),
+        click.option("--geometry", type=click.Choice(["hrdv2", "published"]), default="hrdv2", show_default=True,
+                     help="Patch geometry: hrdv2 (exact) or the published code's (docs/geometry.md)."),
+        click.option("--flip-set", type=click.Choice(["hrdv2", "published"]), default="hrdv2", show_default=True,
+                     help="With flips: hrdv2's {id, h, v, hv} or the published [id, h, id, v]."),
+        click.option("--dry-run", is_flag=True, help="Print the settings and the time estimate, then stop."),
         click.option("--backbone", default="dinov2_vits14", show_default=True, help="Backbone name (see `hrdv2 backbones`)."),
         click.option("--weights", default=None,
                      help="Local checkpoint, or 'random' (untrained: results are meaningless). Default: pretrained."),
@@ -53,6 +61,13 @@ def _pipeline_options(f):
         click.option("--merge-factor", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
                      help="Merge clusters closer than factor x semantic distance (paper: 0.9-1.2)."),
         click.option("--head", type=int, default=None, help="Use one attention head instead of the mean over heads."),
+        click.option("--attention", "attention_kind", type=click.Choice(["softmax", "o"]), default="softmax",
+                     show_default=True, help="CLS signal for foreground: softmax attention, or o (the published "
+                     "code's CLS attention output . each value)."),
+        click.option("--facet", type=click.Choice(["token", "key", "query", "value"]), default="token",
+                     show_default=True, help="Features to cluster: block tokens, or the block's keys/queries/values."),
+        click.option("--layer", type=int, default=None, help="Block for --facet (0-based, negative from the end; "
+                     "default: the last)."),
         click.option("--crf/--no-crf", default=False, show_default=True, help="Dense-CRF refinement (image-guided)."),
         click.option("--min-area", type=click.IntRange(0), default=200, show_default=True,
                      help="Components smaller than this (px) get no box."),
@@ -68,6 +83,9 @@ def resolve_setup(kw: dict[str, Any]) -> tuple[Any, dict[str, Any], Any]:
     from hrdv2.cli.features import parse_int_list
     from hrdv2.unsupervised import PRESETS, UnsupervisedSettings, build_featurizer
 
+    from hrdv2.cli.presets import apply_preset
+
+    apply_preset(click.get_current_context(silent=True), "unsupervised", kw)
     ext = dict(PRESETS[kw["preset"]])
     if kw["stride"] is not None:
         ext["stride"] = kw["stride"]
@@ -83,16 +101,45 @@ def resolve_setup(kw: dict[str, Any]) -> tuple[Any, dict[str, Any], Any]:
     )
     settings.check()
     fz = build_featurizer(kw["backbone"], kw["weights"], ext["stride"], tuple(ext["shifts"]), ext["flips"],
-                          kw["batch_size"], kw["device"])
+                          kw["batch_size"], kw["device"], facet=kw["facet"], layer=kw["layer"],
+                          attention=kw["attention_kind"], geometry=kw["geometry"], flip_set=kw["flip_set"])
     return fz, ext, settings
 
 
-def describe_setup(fz: Any, ext: dict[str, Any], preset: str) -> str:
+def describe_setup(fz: Any, ext: dict[str, Any], preset: str, crf: bool = False) -> str:
     bb = fz.backbone
     shifts = ",".join(str(s) for s in ext["shifts"]) or "none"
     size = f"max side {ext['max_side']} px" if ext["max_side"] else "full size"
     return (f"{bb.describe()} | preset {preset}: stride {fz.stride}, shifts {shifts}, "
-            f"flips {'on' if ext['flips'] else 'off'} ({len(fz.transforms)} transforms), {size}")
+            f"flips {'on' if ext['flips'] else 'off'} ({len(fz.transforms)} transforms), {size}"
+            + _signals_text(fz) + (", published geometry" if getattr(fz, "geometry", "hrdv2") != "hrdv2" else "")
+            + f", CRF {'on' if crf else 'off'}")
+
+
+def _signals_text(fz: Any) -> str:
+    """', key features of block 3, o attention' when not the defaults (last block's tokens, softmax)."""
+    facet, layer, kind = getattr(fz, "facet", "token"), getattr(fz, "layer", None), getattr(fz, "attention_kind", None)
+    parts = []
+    if facet != "token" or (layer is not None and layer != fz.backbone.depth - 1):
+        parts.append(f"{facet} features of block {layer}")
+    if kind not in (None, "softmax"):
+        parts.append(f"{kind} attention")
+    return "".join(f", {p}" for p in parts)
+
+
+def _estimate(fz: Any, ext: dict[str, Any], name: str, image: np.ndarray, estimator: Any, force: bool) -> None:
+    """Print the estimated featurising time of ``image`` at its processing size when it is over the
+    threshold (always with ``force``, i.e. --dry-run), with how to make it faster."""
+    from hrdv2.cli.presets import estimate_message, faster_hints
+
+    h, w = image.shape[:2]
+    side = ext["max_side"]
+    if side and max(h, w) > side:
+        h, w = max(1, round(h * side / max(h, w))), max(1, round(w * side / max(h, w)))
+    msg = estimate_message(estimator.seconds(h, w), f"{name} ({w}x{h} px processed)", fz,
+                           faster_hints("unsupervised", fz), threshold=0.0 if force else None)
+    if msg:
+        click.secho(msg, fg="yellow", err=not force)
 
 
 def _untrained_note(fz: Any) -> None:
@@ -139,6 +186,7 @@ def unsupervised(images: tuple[str, ...], out_dir: str, **kw: Any) -> None:
     from tqdm import tqdm
 
     from hrdv2.cli.boundary import FileRun, check_outputs
+    from hrdv2.cli.presets import TimeEstimate
     from hrdv2.datasets.folder import LABEL_SUFFIXES
     from hrdv2.errors import ImageReadError
     from hrdv2.io import list_images, read_stack
@@ -151,9 +199,10 @@ def unsupervised(images: tuple[str, ...], out_dir: str, **kw: Any) -> None:
     out = Path(out_dir)
     check_outputs(folders=(out,))  # before the (slow) model load
     fz, ext, settings = resolve_setup(kw)
-    setup = describe_setup(fz, ext, kw["preset"])
+    setup = describe_setup(fz, ext, kw["preset"], kw["crf"])
     click.echo(setup)
     _untrained_note(fz)
+    estimator = TimeEstimate(fz)
     header = {"setup": setup, "untrained": not fz.backbone.pretrained}
     run = FileRun(len(paths))
     for p in tqdm(paths, desc="unsupervised", unit="img", disable=len(paths) < 2):
@@ -161,6 +210,9 @@ def unsupervised(images: tuple[str, ...], out_dir: str, **kw: Any) -> None:
             pages = read_stack(p)
             for i, image in enumerate(pages):  # every page of a stack: NAME_p000, NAME_p001, ...
                 name = p.stem if len(pages) == 1 else f"{p.stem}_p{i:03d}"
+                _estimate(fz, ext, name, image, estimator, kw["dry_run"])
+                if kw["dry_run"]:
+                    continue
                 t0 = time.perf_counter()
                 res = _run(image, fz, ext, settings)
                 secs = time.perf_counter() - t0
@@ -196,9 +248,11 @@ def bench_unsupervised(dataset: str, root: str, split: str | None, limit: int | 
     ds = open_localisation_dataset(dataset, root, split)
     samples = list(ds)[:limit] if limit else list(ds)
     fz, ext, settings = resolve_setup(kw)
-    setup = describe_setup(fz, ext, kw["preset"])
+    setup = describe_setup(fz, ext, kw["preset"], kw["crf"])
     click.echo(f"{dataset} ({root}): {len(samples)} of {len(ds)} images | {setup}")
     _untrained_note(fz)
+    if kw["dry_run"]:
+        return
 
     singles, multis, gts, ious, secs, failures = [], [], [], [], [], []
     stage_sums: dict[str, float] = {}

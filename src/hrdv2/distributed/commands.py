@@ -87,7 +87,8 @@ def apply_on_cluster(
 def featurise_file(engine: Any, path: Path, load_pages: Callable, featurise_one: Callable, out: Path, fmt: str,
                    pca_png: bool, attention_png: bool) -> None:
     """Worker side of ``hrdv2 features`` on one file: every page through the command's own step."""
-    fz = engine.featurizer(attention=True, dtype=engine.dtype, progress=False)
+    fz = engine.featurizer(attention=attention_png and engine.backbone.has_cls_token, dtype=engine.dtype,
+                           progress=False)
     for page_name, image in load_pages(path.stem, path):
         featurise_one(fz, page_name, image, out, fmt, pca_png, attention_png)
 

@@ -103,7 +103,7 @@ class BlockFeatures:
     def n_features(self) -> int:
         config = self.engine.config
         if config.uses_deep:
-            return int(self.engine.backbone.embed_dim)
+            return int(self.engine.backbone.feature_dim(config.facet, config.layer))
         return n_classical(config, self.source.channels or 1)
 
     def page(self, z: int) -> Any:

@@ -74,16 +74,19 @@ class BackboneCache:
         return len(self._loaded)
 
 
-def transform_set(shifts: tuple[int, ...], pattern: str = "moore", flips: bool = False, rotations: bool = False) -> list:
-    """The transforms HR-Dv2 averages over: identity + shifts, times flips, times quarter turns."""
+def transform_set(shifts: tuple[int, ...], pattern: str = "moore", flips: bool = False, rotations: bool = False,
+                  flip_set: str = "hrdv2") -> list:
+    """The transforms HR-Dv2 averages over: identity + shifts, times flips, times quarter turns.
+    ``flip_set="published"``: the published code's flips, combined with the shifts its way."""
     from hrdv2 import transforms as T
 
     sets = [T.shifts(tuple(shifts), pattern) if shifts else [T.Identity()]]
     if flips:
-        sets.append(T.flips())
+        sets.append(T.flips(flip_set))
     if rotations:
         sets.append(T.rotations())
-    return T.product(*sets) if len(sets) > 1 else list(sets[0])
+    composition = "published" if flips and flip_set == "published" else "exact"
+    return T.product(*sets, composition=composition) if len(sets) > 1 else list(sets[0])
 
 
 class FeatureEngine:
@@ -126,7 +129,7 @@ class FeatureEngine:
 
     def transforms(self) -> list:
         c = self.config
-        return transform_set(c.shifts, c.pattern, c.flips, c.rotations)
+        return transform_set(c.shifts, c.pattern, c.flips, c.rotations, c.flip_set)
 
     def featurizer(self, *, attention: bool = False, dtype: str | None = None, progress: bool = False) -> Any:
         """The HR-Dv2 featurizer of this config (built once per attention/dtype/progress choice)."""
@@ -139,7 +142,8 @@ class FeatureEngine:
                 c = self.config
                 self._featurizers[key] = HighResFeaturizer(
                     self.backbone, stride=c.stride, transforms=self.transforms(), batch_size=c.batch_size,
-                    dtype=dtype, attention=attention, progress=progress,
+                    dtype=dtype, attention=c.attention if attention else False, progress=progress,
+                    facet=c.facet, layer=c.layer, geometry=c.geometry,
                 )
             return self._featurizers[key]
 

@@ -31,6 +31,12 @@ Progress = Callable[[int, int], None] | None
 
 # fields that change how features are computed but not their values (excluded from the key)
 _RUNTIME_FIELDS = ("device", "batch_size")
+# deep signals (the same names as hrdv2.backbones.facets, kept here so configs never import torch)
+FACETS = ("token", "key", "query", "value")
+ATTENTION_SIGNALS = ("softmax", "o")
+_SIGNAL_DEFAULTS = {"facet": "token", "layer": None, "attention": "softmax"}
+GEOMETRIES = ("hrdv2", "published")  # as hrdv2.upsample.geometry.GEOMETRIES (no torch import here)
+FLIP_SETS = ("hrdv2", "published")  # as hrdv2.transforms.FLIP_SETS
 
 
 @dataclass(frozen=True)
@@ -53,6 +59,11 @@ class FeatureConfig:
     batch_size: int = 4
     volume: bool = False  # classical filters in 3D over (Z, Y, X) volumes instead of page by page
     spacing: tuple[float, ...] = (1.0, 1.0, 1.0)  # (z, y, x) voxel size, volume mode only
+    facet: str = "token"  # deep features: token output, or key / query / value, of block ``layer``
+    layer: int | None = None  # block index (negative: from the end); None: the last block
+    attention: str = "softmax"  # CLS-attention signal where one is used: softmax or o (published HR-Dv2)
+    geometry: str = "hrdv2"  # patch geometry: hrdv2 (padded, exact) or published (HR-Dv2 code's); docs/geometry.md
+    flip_set: str = "hrdv2"  # with flips: hrdv2 {id, h, v, hv} or published [id, h, id, v] combined its way
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -73,6 +84,16 @@ class FeatureConfig:
         object.__setattr__(self, "shifts", tuple(int(s) for s in self.shifts))
         if self.normalise not in NORMALISE:
             raise ConfigError(f"normalise must be one of {list(NORMALISE)}, got {self.normalise!r}.")
+        if self.facet not in FACETS:
+            raise ConfigError(f"unknown facet {self.facet!r}; choose one of {', '.join(FACETS)}.")
+        if self.attention not in ATTENTION_SIGNALS:
+            raise ConfigError(f"unknown attention signal {self.attention!r}; choose one of {', '.join(ATTENTION_SIGNALS)}.")
+        if self.layer is not None:
+            object.__setattr__(self, "layer", int(self.layer))
+        if self.geometry not in GEOMETRIES:
+            raise ConfigError(f"unknown geometry {self.geometry!r}; choose one of {', '.join(GEOMETRIES)}.")
+        if self.flip_set not in FLIP_SETS:
+            raise ConfigError(f"unknown flip set {self.flip_set!r}; choose one of {', '.join(FLIP_SETS)}.")
         if self.pca_components is not None and int(self.pca_components) < 1:
             raise ConfigError(f"pca_components must be a positive integer or None, got {self.pca_components!r}.")
         if self.uses_classical and not self.volume:
@@ -109,6 +130,12 @@ class FeatureConfig:
         for added_later in ("rotations", "volume"):  # keys of configs without them stay as they were
             if not d[added_later]:
                 d.pop(added_later)
+        for field_name, default in _SIGNAL_DEFAULTS.items():  # likewise for the deep signals at their defaults
+            if d[field_name] == default:
+                d.pop(field_name)
+        for field_name in ("geometry", "flip_set"):  # and for the geometry / flip set at hrdv2's own
+            if d[field_name] == "hrdv2" or (field_name == "flip_set" and not self.flips):
+                d.pop(field_name)
         if not self.volume:
             d.pop("spacing")
         if not self.uses_classical:
@@ -116,7 +143,8 @@ class FeatureConfig:
         else:  # features cached by an hrdv2 whose filters computed other values must not be reused
             d["classical_version"] = CLASSICAL_VERSION
         if not self.uses_deep:
-            for k in ("backbone", "weights", "stride", "shifts", "pattern", "flips", "rotations", "pca_components"):
+            for k in ("backbone", "weights", "stride", "shifts", "pattern", "flips", "rotations", "pca_components",
+                      "facet", "layer", "attention", "geometry", "flip_set"):
                 d.pop(k, None)
         digest = hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
         return f"{self.kind}-{digest}"

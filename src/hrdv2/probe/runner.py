@@ -2,7 +2,9 @@
 NoC / failures / mIoU@k per upsampler, written as CSV + PNG (+ a JSON of the set-up).
 
 Only the features differ between upsamplers: the image (optionally downsized), the click
-simulator, its seed and the click segmenter are the same for all of them.
+simulator, its seed and the click segmenter are the same for all of them. The segmenter is
+the training-free ``ClickSegmenter`` (``heads=None``) or a trained ``ClickHead`` (one for
+every upsampler, or one per upsampler name: ``hrdv2.probe.head``).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -31,7 +33,8 @@ from hrdv2.probe.upsamplers import (
     create_upsampler,
 )
 
-THRESHOLDS = (0.85, 0.90)
+THRESHOLDS = (0.80, 0.85, 0.90)
+ANY_UPSAMPLER = "*"  # key of a head used for every upsampler
 
 
 @dataclass
@@ -61,6 +64,7 @@ class ProbeResult:
     unavailable: dict[str, str]  # upsampler -> why it did not run
     summary: list[dict[str, Any]]  # one per upsampler
     skipped: list[str] = field(default_factory=list)  # samples whose object vanished when downsized
+    evaluator: Any = "training-free ClickSegmenter"  # or {upsampler: head checkpoint}
     files: dict[str, Path] = field(default_factory=dict)
 
 
@@ -89,6 +93,22 @@ def _resolve(upsamplers: Sequence[str | Upsampler]) -> list[Upsampler]:
     return out
 
 
+def _segmenter_factory(heads: Mapping[str, Any] | None, config: ProbeConfig) -> Callable[[Any, str], Any]:
+    """(features, upsampler name) -> predictor: the training-free segmenter, or the trained head."""
+    if not heads:
+        return lambda feats, name: ClickSegmenter(feats, config.segmenter).as_predictor()
+    from hrdv2.probe.head import HeadSegmenter
+
+    def make(feats: Any, name: str) -> Any:
+        head = heads.get(name, heads.get(ANY_UPSAMPLER))
+        if head is None:
+            raise ConfigError(f"no trained head for upsampler {name!r}; heads given for {sorted(heads)}. "
+                              "Give one checkpoint per upsampler (trained with --upsampler NAME).")
+        return HeadSegmenter(head, feats).as_predictor()
+
+    return make
+
+
 def run_probe(
     dataset: InteractiveDataset,
     upsamplers: Sequence[str | Upsampler],
@@ -96,11 +116,21 @@ def run_probe(
     config: ProbeConfig | None = None,
     out_dir: str | Path | None = None,
     progress: bool = True,
+    heads: Mapping[str, Any] | None = None,
+    diagnostics: Any = None,
 ) -> ProbeResult:
-    """Probe ``upsamplers`` on ``dataset``; write CSVs, plot and JSON into ``out_dir`` if given."""
+    """Probe ``upsamplers`` on ``dataset``; write CSVs, plot and JSON into ``out_dir`` if given.
+
+    ``heads``: None (training-free segmenter) or {upsampler name or "*": ClickHead}.
+    ``diagnostics``: a ``hrdv2.probe.diagnostics.Diagnostics`` (feature / per-click pictures
+    into ``out_dir``), or None.
+    """
     from tqdm.auto import tqdm
 
     config = config or ProbeConfig()
+    make_predictor = _segmenter_factory(heads, config)
+    if diagnostics is not None and out_dir is None:
+        raise ConfigError("feature and click pictures need an output folder (out_dir).")
     ups = _resolve(upsamplers)
     unavailable = {u.name: r for u in ups if (r := check_available(u)) is not None}
     active = [u for u in ups if u.name not in unavailable]
@@ -108,7 +138,7 @@ def run_probe(
     records: list[dict[str, Any]] = []
     skipped: list[str] = []
     bar = tqdm(total=len(samples) * len(active), desc=f"probe {dataset.name}", unit="run", disable=not progress)
-    for sample in samples:
+    for index, sample in enumerate(samples):
         image, obj, ignore = sample.load()
         image, (obj, ignore) = downsize(image, (obj, ignore), config.max_side)
         if not (obj & ~ignore).any():
@@ -128,9 +158,15 @@ def run_probe(
                 bar.update(1)
                 continue
             t1 = time.perf_counter()
-            seg = ClickSegmenter(feats, config.segmenter)
+            predictor = make_predictor(feats, up.name)
+            masks: list[np.ndarray] = []
+            if diagnostics is not None and diagnostics.wants(index, sample.name):
+                predictor = _recording(predictor, masks)
+                diagnostics.features(Path(out_dir), sample.name, up.name, image, feats, backbone)
             del feats
-            run = simulate(obj, seg.as_predictor(), ignore, config.max_clicks, config.stop_iou, config.seed, config.strategy)
+            run = simulate(obj, predictor, ignore, config.max_clicks, config.stop_iou, config.seed, config.strategy)
+            if masks:
+                diagnostics.clicks(Path(out_dir), sample.name, up.name, image, obj, ignore, run, masks)
             records.append({
                 "dataset": dataset.name, "sample": sample.name, "upsampler": up.name,
                 "height": image.shape[0], "width": image.shape[1],
@@ -151,9 +187,22 @@ def run_probe(
         summary.append(row)
     result = ProbeResult(dataset.name, backbone.describe() if hasattr(backbone, "describe") else str(backbone),
                          records, unavailable, summary, skipped)
+    result.evaluator = "training-free ClickSegmenter" if not heads else {
+        k: getattr(h, "source", "ClickHead") for k, h in heads.items()}
     if out_dir is not None:
         result.files = write_outputs(result, config, Path(out_dir))
     return result
+
+
+def _recording(predictor: Callable, masks: list[np.ndarray]) -> Callable:
+    """The same predictor, keeping every mask it returns (for per-click pictures)."""
+
+    def predict(clicks, prev):
+        mask = predictor(clicks, prev)
+        masks.append(np.asarray(mask, bool).copy())
+        return mask
+
+    return predict
 
 
 def _csv(rows: list[dict[str, Any]]) -> str:
@@ -187,7 +236,8 @@ def write_outputs(result: ProbeResult, config: ProbeConfig, out_dir: Path) -> di
     ))
     files["plot"] = plot_miou(result.summary, out_dir / "miou_vs_clicks.png", k,
                               f"{result.dataset}: {result.backbone}")
-    meta = {"dataset": result.dataset, "backbone": result.backbone, "unavailable": result.unavailable, "skipped": result.skipped,
+    meta = {"dataset": result.dataset, "backbone": result.backbone, "evaluator": result.evaluator,
+            "unavailable": result.unavailable, "skipped": result.skipped,
             "config": asdict(config), "samples": sorted({r["sample"] for r in result.records})}
     files["json"] = write_text_atomic(out_dir / "probe.json", json.dumps(meta, indent=2, default=str))
     return files
@@ -224,11 +274,11 @@ def plot_miou(summary: list[dict[str, Any]], path: Path, max_clicks: int, title:
 
 def format_table(summary: list[dict[str, Any]], ks: Sequence[int] = (1, 3, 5, 10, 20)) -> list[list[str]]:
     """Header + rows of the results table (strings), for the CLI and the docs."""
-    header = ["dataset", "upsampler", "n", "NoC@85", "NoC@90", "fail@85", "fail@90"] + [f"mIoU@{k}" for k in ks] + ["feat s"]
+    header = ["dataset", "upsampler", "n", "NoC@80", "NoC@85", "NoC@90", "fail@85", "fail@90"] + [f"mIoU@{k}" for k in ks] + ["feat s"]
     rows = [header]
     for r in summary:
         rows.append([
-            r["dataset"], r["upsampler"], f"{int(r['n'])}", f"{r['noc@85']:.2f}", f"{r['noc@90']:.2f}",
+            r["dataset"], r["upsampler"], f"{int(r['n'])}", f"{r['noc@80']:.2f}", f"{r['noc@85']:.2f}", f"{r['noc@90']:.2f}",
             f"{int(r['fail@85'])}", f"{int(r['fail@90'])}",
             *[f"{r[f'miou@{k}']:.3f}" if f"miou@{k}" in r else "-" for k in ks], f"{r['feature_seconds']:.2f}",
         ])

@@ -17,9 +17,13 @@ Built in:
                                guided by the image colours
   classical                    hand-crafted filter features (no backbone): the
                                "upsampler-free" baseline
+  lift, featup-jbu             LiFT and FeatUp's JBU as modules on the probe backbone's own
+                               patch features (``checkpoint=`` a local file in the
+                               published layout; hrdv2.probe.learned_upsamplers)
   featup, loftup, jafar        torch.hub adapters; usable only when the hub repository and
                                its weights are already on this machine (else reported as
-                               unavailable, never replaced by something else)
+                               unavailable, never replaced by something else). featup,
+                               loftup and jafar all upsample the probe backbone's features
 """
 
 from __future__ import annotations
@@ -271,7 +275,9 @@ def _hub_checkout(repo: str) -> str | None:
 class HubUpsampler:
     """A pretrained upsampler from torch.hub, loaded only from the local hub cache.
 
-    kind "featup": the hub model bundles its own backbone: ``model(x) -> (1, C, h, w)``.
+    kind "featup": the hub model bundles its own backbone; its JBU (``model.upsampler``) is
+    called on ``backbone``'s patch features after the hub model's ChannelNorm
+    (``model.model[1]``) when those attributes exist, else ``model(x)`` runs whole.
     kind "lowres": ``model(lowres_feats, x) -> (1, C, h, w)`` on ``backbone``'s patch features
     (LoftUp's convention). kind "jafar": ``model(x, lowres_feats, (H, W))``. ``x`` is the
     ImageNet-normalised, patch-padded image; the output is resized/cropped to (H, W).
@@ -312,9 +318,14 @@ class HubUpsampler:
         P = backbone.patch_size
         geo = PatchGeometry(H, W, P, P)
         xp = geo.pad(x)
-        dev = next(model.parameters()).device
-        if self.kind == "featup":
+        dev = next(iter(model.parameters()), torch.empty(0, device=backbone.device)).device
+        if self.kind == "featup" and not hasattr(model, "upsampler"):
             out = model(xp.to(dev))
+        elif self.kind == "featup":
+            lr, _ = backbone.forward_patches(xp, P, with_attention=False)
+            lr = lr.to(dev)
+            norm = model.model[1] if isinstance(getattr(model, "model", None), torch.nn.Sequential) else None
+            out = model.upsampler(norm(lr) if norm is not None else lr, xp.to(dev))
         else:
             lr, _ = backbone.forward_patches(xp, P, with_attention=False)
             lr = lr.to(dev)
@@ -324,7 +335,7 @@ class HubUpsampler:
         return out[0, :, top : top + H, left : left + W]
 
 
-register_upsampler("featup", "FeatUp JBU (torch.hub mhamilton723/FeatUp 'dinov2', own pretrained DINOv2)")(
+register_upsampler("featup", "FeatUp JBU (torch.hub mhamilton723/FeatUp 'dinov2') on the probe backbone's features")(
     lambda **kw: HubUpsampler("mhamilton723/FeatUp", "dinov2", "featup", {"use_norm": True}, name="featup", **kw)
 )
 register_upsampler("loftup", "LoftUp (torch.hub andrehuang/loftup 'loftup_dinov2s'), needs a ViT-S/14 backbone")(
@@ -334,7 +345,25 @@ register_upsampler("jafar", "JAFAR (torch.hub PaulCouairon/JAFAR), entry/signatu
     lambda entry="jafar", **kw: HubUpsampler("PaulCouairon/JAFAR", entry, "jafar", name="jafar", **kw)
 )
 
-OPTIONAL = ("classical", "featup", "loftup", "jafar")
+
+
+def _learned(kind: str, name: str) -> Callable[..., Upsampler]:
+    def factory(checkpoint: str | None = None, **kw: Any) -> Upsampler:
+        from hrdv2.probe.learned_upsamplers import LearnedUpsampler
+
+        return LearnedUpsampler(checkpoint=checkpoint, name=name, kind=kind, **kw)
+
+    return factory
+
+
+register_upsampler("lift", "LiFT (2x learned, image-guided) on the probe backbone's features; needs checkpoint=")(
+    _learned("lift", "lift")
+)
+register_upsampler("featup-jbu", "FeatUp JBU stack (16x) on the probe backbone's features; needs checkpoint=")(
+    _learned("featup-jbu", "featup-jbu")
+)
+
+OPTIONAL = ("classical", "featup", "loftup", "jafar", "lift", "featup-jbu")
 
 
 def check_available(up: Upsampler) -> str | None:

@@ -80,8 +80,13 @@ class Segmenter:
         crf_params: dict | None = None,
         cache_dir: str | Path | None = None,
         backbones: Any = None,
+        auto_budget_s: float | None = None,
     ):
-        self.features = _as_config(features)
+        # "auto": fit() chooses classical filters, scales, classifier and normalisation from the
+        # scribbles by cross-validation over strokes / images (hrdv2.features.auto)
+        self.auto = isinstance(features, str) and features == "auto"
+        self.auto_budget_s = auto_budget_s
+        self.features = FeatureConfig() if self.auto else _as_config(features)
         if classifier not in CLASSIFIERS:
             raise ConfigError(f"unknown classifier {classifier!r}; choose one of {list(CLASSIFIERS)}.")
         if int(max_samples) < 10:
@@ -187,6 +192,11 @@ class Segmenter:
         if classes.max() > 255:
             raise HRDv2Error(f"class ids must be at most 255 (label images are 8-bit), got {int(classes.max())}.")
         self.n_channels_ = channels.pop()
+        if self.auto:
+            if features is not None:
+                raise ConfigError("features='auto' chooses the features itself: call fit(images, scribbles) "
+                                  "without precomputed features.")
+            features = self._choose_features(images, [np.asarray(s) for s in scribbles])
         picks = balanced_sample([np.asarray(s) for s in scribbles], self.max_samples, self.random_state)
         xs, ys = [], []
         for i, (im, (rows, labels)) in enumerate(zip(images, picks)):
@@ -215,6 +225,27 @@ class Segmenter:
             self.class_names = [f"class {c}" for c in range(1, int(classes.max()) + 1)]
         self.n_train_pixels_ = int(len(y))
         return self
+
+    def _choose_features(self, images: list[np.ndarray], scribbles: list[np.ndarray]) -> list[np.ndarray]:
+        """Run the ``auto`` search, adopt its choice, and return the chosen features of ``images``
+        (channels of the search's own feature maps: nothing is computed twice)."""
+        from hrdv2.engine import FeatureEngine
+        from hrdv2.features.auto import DEFAULT_BUDGET_S, choose
+        from hrdv2.features.classical import feature_names
+
+        def featurise(image: np.ndarray, filters, sigmas, normalise: str) -> np.ndarray:
+            cfg = self.features.replace(kind="classical", filters=filters, sigmas=sigmas, normalise=normalise)
+            return FeatureEngine(cfg, cache_dir=self.cache_dir).features(image)
+
+        budget = DEFAULT_BUDGET_S if self.auto_budget_s is None else float(self.auto_budget_s)
+        choice, found = choose(images, scribbles, featurise, budget_s=budget, normalisations=(self.features.normalise,),
+                               random_state=0 if self.random_state is None else int(self.random_state))
+        self.features = self.features.replace(kind="classical", filters=choice.filters, sigmas=choice.sigmas,
+                                              normalise=choice.normalise)
+        self.classifier = choice.classifier
+        self.auto_choice_ = choice
+        cols = [found["index"][n] for n in feature_names(self.n_channels_, choice.sigmas, choice.filters)]
+        return [np.ascontiguousarray(m[..., cols]) for m in found["maps"][choice.normalise]]
 
     # ------------------------------------------------------------------ inference
     def _check_fitted(self) -> None:
@@ -294,17 +325,21 @@ class Segmenter:
 
     def save(self, path: str | Path) -> Path:
         """Write a skops file atomically (``.skops`` suggested); see :mod:`hrdv2.segmentation.model_file`."""
+        from hrdv2.segmentation.lazy_skops import import_skops_io
         from hrdv2.segmentation.model_file import write_model
 
         self._check_fitted()
+        import_skops_io()  # first import of skops without torch (classical models never need it)
         return write_model(path, self._state())
 
     @classmethod
     def load(cls, path: str | Path) -> "Segmenter":
         """Read a model saved by :meth:`save`. Refuses (ModelFileError) any file holding a type hrdv2
         never writes, before building anything, and any state whose fields do not fit together."""
+        from hrdv2.segmentation.lazy_skops import import_skops_io
         from hrdv2.segmentation.model_file import read_model
 
+        import_skops_io()
         path = Path(path)
         state = read_model(path)  # validated: every field present, typed and consistent
         try:
@@ -339,4 +374,8 @@ class Segmenter:
 
     def __repr__(self) -> str:
         fitted = f", classes={self.classes_.tolist()}" if hasattr(self, "classes_") else ""
-        return f"Segmenter(features={self.features.kind!r}, classifier={self.classifier!r}, crf={self.crf}{fitted})"
+        if getattr(self, "auto_choice_", None) is not None:
+            c = self.auto_choice_
+            fitted += f", auto={c.label!r}, cv_miou={c.cv_miou:.3f}"
+        kind = "auto" if self.auto and not hasattr(self, "auto_choice_") else self.features.kind
+        return f"Segmenter(features={kind!r}, classifier={self.classifier!r}, crf={self.crf}{fitted})"

@@ -131,6 +131,37 @@ class Compose:
         return height, width
 
 
+@dataclass(frozen=True)
+class PublishedCompose:
+    """A composition as the published HR-Dv2 code builds it (``combine_transforms`` in
+    ``hr_dv2/transform.py``): forward applies ``transforms`` left to right, and the map back
+    applies their inverses in the SAME order, left to right. That is the exact inverse only
+    when the parts commute; a shift followed by a flip comes back displaced by twice the
+    shift along the flipped axis. Kept to reproduce the published results (flip set
+    "published"); hrdv2's own :class:`Compose` inverts exactly."""
+
+    transforms: tuple
+
+    @property
+    def name(self) -> str:
+        return "published(" + "+".join(t.name for t in self.transforms) + ")"
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for t in self.transforms:
+            x = t.forward(x)
+        return x
+
+    def inverse(self, x: torch.Tensor) -> torch.Tensor:
+        for t in self.transforms:
+            x = t.inverse(x)
+        return x
+
+    def output_size(self, height: int, width: int) -> tuple[int, int]:
+        for t in self.transforms:
+            height, width = t.output_size(height, width)
+        return height, width
+
+
 def coordinate_map(transform: Transform, height: int, width: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Where each original pixel (y, x) lands in the transformed image.
 

@@ -6,9 +6,11 @@ import itertools
 from typing import Iterable, Sequence
 
 from hrdv2.errors import ConfigError
-from hrdv2.transforms.base import Compose, Flip, Identity, Rot90, Shift, Transform
+from hrdv2.transforms.base import Compose, Flip, Identity, PublishedCompose, Rot90, Shift, Transform
 
 PATTERNS = ("neumann", "moore")
+FLIP_SETS = ("hrdv2", "published")
+COMPOSITIONS = ("exact", "published")
 
 
 def shifts(distances: Sequence[int] = (1, 2), pattern: str = "moore", include_identity: bool = True) -> list[Transform]:
@@ -29,8 +31,14 @@ def shifts(distances: Sequence[int] = (1, 2), pattern: str = "moore", include_id
     return out
 
 
-def flips(include_identity: bool = True) -> list[Transform]:
-    """Identity, left-right, up-down and both (= rotation by 180 degrees)."""
+def flips(kind: str = "hrdv2", include_identity: bool = True) -> list[Transform]:
+    """``"hrdv2"``: identity, left-right, up-down and both (= rotation by 180 degrees).
+    ``"published"``: the published HR-Dv2 code's set [identity, left-right, identity, up-down]
+    (``get_flip_transforms``), the identity counted twice, so it carries half the weight."""
+    if kind not in FLIP_SETS:
+        raise ConfigError(f"flip set {kind!r} is unknown; use one of {list(FLIP_SETS)}.")
+    if kind == "published":
+        return [Identity(), Flip("h"), Identity(), Flip("v")] if include_identity else [Flip("h"), Flip("v")]
     out: list[Transform] = [Identity()] if include_identity else []
     out += [Flip("h"), Flip("v"), Compose((Flip("h"), Flip("v")))]
     return out
@@ -46,17 +54,23 @@ def rotations(include_identity: bool = True) -> list[Transform]:
 def _flatten(t: Transform) -> tuple:
     if isinstance(t, Identity):
         return ()
-    if isinstance(t, Compose):
+    if isinstance(t, (Compose, PublishedCompose)):
         return tuple(itertools.chain.from_iterable(_flatten(s) for s in t.transforms))
     return (t,)
 
 
-def product(*sets: Iterable[Transform]) -> list[Transform]:
-    """Every combination, one transform from each set (applied in the order given)."""
+def product(*sets: Iterable[Transform], composition: str = "exact") -> list[Transform]:
+    """Every combination, one transform from each set (applied in the order given).
+
+    ``composition="published"`` maps combinations back the way the published code does
+    (:class:`~hrdv2.transforms.base.PublishedCompose`), to reproduce its results."""
+    if composition not in COMPOSITIONS:
+        raise ConfigError(f"composition {composition!r} is unknown; use one of {list(COMPOSITIONS)}.")
+    joined = Compose if composition == "exact" else PublishedCompose
     out: list[Transform] = []
     for combo in itertools.product(*[list(s) for s in sets]):
         parts = tuple(itertools.chain.from_iterable(_flatten(t) for t in combo))
-        out.append(Identity() if not parts else parts[0] if len(parts) == 1 else Compose(parts))
+        out.append(Identity() if not parts else parts[0] if len(parts) == 1 else joined(parts))
     return out
 
 

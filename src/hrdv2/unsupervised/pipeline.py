@@ -21,10 +21,12 @@ from hrdv2.unsupervised.foreground import SEMANTIC_BINS, attention_map, foregrou
 from hrdv2.unsupervised.merging import DEFAULT_MERGE_FACTOR, merge_segmentation, relabel_foreground
 
 # Feature-extraction presets. "paper" is the HR-Dv2 paper's setting (slow on a CPU: 68
-# forward passes per image); "fast" is one stride-14 pass on a <= 224 px image, for tests,
-# previews and CPU benchmarks.
+# forward passes per image); "published" the same in the published code's geometry; "fast" is
+# one stride-14 pass on a <= 224 px image, for tests, previews and CPU benchmarks. The CLI's
+# presets (hrdv2.cli.presets) also set the backbone, attention signal and CRF.
 PRESETS: dict[str, dict[str, Any]] = {
     "paper": {"stride": 4, "shifts": (1, 2), "flips": True, "max_side": None},
+    "published": {"stride": 4, "shifts": (1, 2), "flips": True, "max_side": None},
     "fast": {"stride": 14, "shifts": (), "flips": False, "max_side": 224},
 }
 
@@ -251,11 +253,20 @@ def build_featurizer(
     flips: bool = True,
     batch_size: int = 4,
     device: str = "cpu",
+    *,
+    facet: str = "token",
+    layer: int | None = None,
+    attention: str = "softmax",
+    geometry: str = "hrdv2",
+    flip_set: str = "hrdv2",
 ) -> Any:
     """A ``HighResFeaturizer`` for the given backbone (name or loaded ``Backbone``) and transforms.
 
     ``shifts`` are Moore-neighbourhood distances in pixels (the identity is always included);
-    ``flips`` adds the left-right / up-down flips of every shifted copy.
+    ``flips`` adds the left-right / up-down flips of every shifted copy. ``facet``/``layer``: which
+    features (docs/backbones.md); ``attention``: "softmax" (CLS attention) or "o" (the published
+    code's CLS attention output . values), the signal foreground detection reads. ``geometry`` /
+    ``flip_set``: "hrdv2" or "published" (docs/geometry.md).
     """
     from hrdv2.engine import FeatureEngine, transform_set
     from hrdv2.features.sets import FeatureConfig
@@ -263,10 +274,12 @@ def build_featurizer(
 
     if isinstance(backbone, str):  # by name: the feature engine loads and owns it
         config = FeatureConfig(kind="deep", backbone=backbone, weights=weights, stride=stride, shifts=tuple(shifts),
-                               flips=flips, batch_size=batch_size, device=device)
+                               flips=flips, batch_size=batch_size, device=device, facet=facet, layer=layer,
+                               attention=attention, geometry=geometry, flip_set=flip_set)
         return FeatureEngine(config).featurizer(attention=True)
-    transforms = transform_set(tuple(shifts), "moore", flips)
-    return HighResFeaturizer(backbone, stride=stride, transforms=transforms, batch_size=batch_size)
+    transforms = transform_set(tuple(shifts), "moore", flips, flip_set=flip_set)
+    return HighResFeaturizer(backbone, stride=stride, transforms=transforms, batch_size=batch_size,
+                             attention=attention, facet=facet, layer=layer, geometry=geometry)
 
 
 def resize_for_processing(image: np.ndarray, max_side: int | None) -> np.ndarray:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -33,7 +33,7 @@ from hrdv2.backbones import IMAGENET_MEAN, IMAGENET_STD, Backbone
 from hrdv2.errors import ConfigError, ShapeError
 from hrdv2.io import MIN_SIDE, to_rgb01
 from hrdv2.transforms import Transform, coordinate_map, default_transforms, validate_shifts
-from hrdv2.upsample.geometry import PatchGeometry
+from hrdv2.upsample.geometry import check_geometry, make_geometry
 from hrdv2.upsample.result import HighResResult
 
 ProgressCallback = Callable[[int, int], None]
@@ -85,7 +85,7 @@ class _Plan:
     """Per-transform cell lookups on the compressed grid."""
 
     transform: Transform
-    geometry: PatchGeometry
+    geometry: Any  # PatchGeometry or PublishedGeometry (hrdv2.upsample.geometry)
     transposed: bool
     rows: torch.Tensor  # (Hu,) cell row read by each distinct row class
     cols: torch.Tensor  # (Wu,) cell column read by each distinct column class
@@ -106,7 +106,7 @@ def _depends_only_on(m: torch.Tensor, axis: int) -> bool:
 
 def plan_transforms(
     transforms: Sequence[Transform], height: int, width: int, patch: int, stride: int,
-    device: str | torch.device | None = None,
+    device: str | torch.device | None = None, geometry: str = "hrdv2",
 ) -> tuple[list[_Plan], torch.Tensor, torch.Tensor]:
     """Row/column signatures of every transform and the compressed grid they define.
 
@@ -118,12 +118,12 @@ def plan_transforms(
     row_keys, col_keys, meta = [], [], []
     for t in transforms:
         th, tw = t.output_size(height, width)
-        geo = PatchGeometry(th, tw, patch, stride)
+        geo = make_geometry(geometry, th, tw, patch, stride)
         ty, tx = coordinate_map(t, height, width)
         if _depends_only_on(ty, 0) and _depends_only_on(tx, 1):
-            transposed, r, c = False, geo.cell_of(ty[:, 0]), geo.cell_of(tx[0, :])
+            transposed, r, c = False, geo.cell_of(ty[:, 0], axis=0), geo.cell_of(tx[0, :], axis=1)
         elif _depends_only_on(ty, 1) and _depends_only_on(tx, 0):
-            transposed, r, c = True, geo.cell_of(tx[:, 0]), geo.cell_of(ty[0, :])
+            transposed, r, c = True, geo.cell_of(tx[:, 0], axis=1), geo.cell_of(ty[0, :], axis=0)
         else:
             raise ConfigError(f"transform {t.name} is not a separable pixel permutation; HR-Dv2 cannot use it.")
         row_keys.append(r)
@@ -148,7 +148,12 @@ class HighResFeaturizer:
     shifts by 1 and 2 px, 17 in all). batch_size: transformed copies per ViT call; it alone
     bounds peak memory. dtype: compute dtype (float32, bfloat16, float16); accumulation is
     always float32. Computation runs on ``backbone.device``; return_device: where results go
-    (default the CPU, as float32; None keeps them on the backbone's device).
+    (default the CPU, as float32; None keeps them on the backbone's device). geometry: "hrdv2"
+    (pad so every feature sits on its own pixels) or "published" (the published HR-Dv2 code's
+    unpadded grid, nearest-exact stretch and positional interpolation; docs/geometry.md).
+    attention: True / "softmax" (CLS attention), "o" (CLS attention output . values, the published
+    code's signal) or False. facet / layer: token (default), key, query or value of block ``layer``
+    (None: the last; docs/backbones.md).
     """
 
     def __init__(
@@ -159,10 +164,14 @@ class HighResFeaturizer:
         batch_size: int = 4,
         dtype: str | torch.dtype | None = None,
         progress: bool = False,
-        attention: bool = True,
+        attention: bool | str = True,
         return_device: str | torch.device | None = "cpu",
+        geometry: str = "hrdv2",
+        facet: str = "token",
+        layer: int | None = None,
     ):
         self.backbone = backbone
+        self.geometry = check_geometry(geometry)
         self.stride = backbone.check_stride(stride)
         self.transforms = list(transforms) if transforms is not None else default_transforms()
         if not self.transforms:
@@ -173,7 +182,12 @@ class HighResFeaturizer:
         self.batch_size = int(batch_size)
         self.dtype = parse_dtype(dtype)
         self.progress = progress
-        self.attention = attention
+        # attention: True / "softmax" = CLS attention, "o" = the published code's o signal, False / None = none;
+        # facet / layer: which features (hrdv2.backbones.facets), all checked now rather than mid-run
+        self.attention_kind = ("softmax" if attention is True else attention) or None
+        self.signals = backbone.signals(facet, layer, self.attention_kind)
+        self.attention = self.attention_kind is not None
+        self.facet, self.layer = facet, self.signals.layer
         self.return_device = None if return_device is None else torch.device(return_device)
 
     def __call__(self, image: np.ndarray | torch.Tensor, progress_callback: ProgressCallback | None = None,
@@ -190,10 +204,13 @@ class HighResFeaturizer:
         x = image_to_tensor(image, device=device)
         H, W = x.shape[-2:]
         P, S = self.backbone.patch_size, self.stride
-        plans, row_class, col_class = plan_transforms(self.transforms, H, W, P, S, device=device)
+        plans, row_class, col_class = plan_transforms(self.transforms, H, W, P, S, device=device, geometry=self.geometry)
+        pos_embed = None
+        if self.geometry == "published":
+            from hrdv2.upsample.published import published_pos_embed as pos_embed
         Hu, Wu = len(plans[0].rows), len(plans[0].cols)
         # channels-last float32 accumulators: every gather below copies contiguous C-length rows
-        feats = torch.zeros(Hu, Wu, self.backbone.embed_dim, device=device)
+        feats = torch.zeros(Hu, Wu, self.backbone.feature_dim(self.facet, self.layer), device=device)
         attn = torch.zeros(Hu, Wu, self.backbone.num_heads, device=device) if self.attention else None
 
         # batch transforms whose outputs share a shape (quarter turns of non-square images differ)
@@ -208,7 +225,10 @@ class HighResFeaturizer:
             geo = batch[0].geometry
             inputs = torch.cat([geo.pad(p.transform.forward(x)) for p in batch])
             t0 = time.perf_counter()
-            grid_feats, grid_attn = self.backbone.forward_patches(inputs, S, with_attention=self.attention, dtype=self.dtype)
+            grid_feats, grid_attn = self.backbone.forward_patches(inputs, S, with_attention=self.attention, dtype=self.dtype,
+                                                                  facet=self.facet, layer=self.layer,
+                                                                  attention_kind=self.attention_kind or "softmax",
+                                                                  **({"pos_embed": pos_embed} if pos_embed else {}))
             _synchronize(device)  # GPU kernels run asynchronously: time them, not their launch
             vit_seconds += time.perf_counter() - t0
             grid_feats = grid_feats.permute(0, 2, 3, 1)  # (B, gh, gw, C): the ViT's own token layout
@@ -238,7 +258,10 @@ class HighResFeaturizer:
             "backbone": self.backbone.describe(),
             "untrained": not self.backbone.pretrained,
             "stride": S,
-            "grid": PatchGeometry(H, W, P, S).grid,
+            "grid": make_geometry(self.geometry, H, W, P, S).grid,
+            "geometry": self.geometry,
+            "facet": f"{self.facet}@{self.layer}",
+            "attention": self.attention_kind,
             "transforms": len(plans),
             "compressed_grid": (Hu, Wu),
             "dtype": str(self.dtype).replace("torch.", ""),

@@ -35,6 +35,7 @@ export async function request(method, url, body, options = {}) {
 export const get = (url) => request("GET", url);
 export const post = (url, body, options) => request("POST", url, body, options);
 export const patch = (url, body) => request("PATCH", url, body);
+export const put = (url, body) => request("PUT", url, body);
 export const del = (url) => request("DELETE", url);
 
 // Follow a background job through server-sent events; resolves with its final state.
@@ -74,8 +75,8 @@ export function watchJob(job, onUpdate) {
 }
 
 // Raw prediction pixels (uint8, row-major) with their size.
-export async function getPrediction(imageId, view) {
-  const response = await fetch(`/api/images/${imageId}/prediction?view=${view}`, { cache: "no-store" });
+export async function getPrediction(imageId, view, level = 0) {
+  const response = await fetch(`/api/images/${imageId}/prediction?view=${view}&level=${level}`, { cache: "no-store" });
   if (response.status === 404) return null;
   if (!response.ok) throw new ApiError(response.status, await detail(response));
   const width = Number(response.headers.get("X-Width"));

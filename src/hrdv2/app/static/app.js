@@ -5,7 +5,8 @@ import { Viewer, isTyping } from "./viewer.js";
 import { $, S, fail, hexToRgb, hooks, say, track } from "./state.js";
 import { addClass, renderClasses, renderLegend, selectClass } from "./classes.js";
 import { flushPending, pendingFor, redrawStrokes, saveStroke, undoRedo } from "./strokes.js";
-import { featureSettings, patchProject, renderSettings } from "./settings.js";
+import { crfSettings, featureSettings, patchProject, renderSettings } from "./settings.js";
+import { deleteImage, deleteProject, importScribbles, loadModel, showFractions, showModelInfo, showUncertain } from "./manage.js";
 
 const viewer = new Viewer(document, {
   brush: () => {
@@ -13,10 +14,16 @@ const viewer = new Viewer(document, {
     const tool = document.querySelector("input[name=tool]:checked").value;
     const radius = Number($("#brush-size").value) / 2;
     if (tool === "eraser") return { tool, radius, color: "#ffffff", classId: null };
+    if (tool === "click") return S.image ? { tool, radius: 1, color: "#fff", classId: null } : null;
+    if (tool === "polygon") {
+      const c = S.classes.find((x) => x.id === S.activeClass);
+      return c ? { tool, radius: 1, color: c.color, classId: c.id } : null;
+    }
     const cls = S.classes.find((c) => c.id === S.activeClass);
     return cls ? { tool, radius, color: cls.color, classId: cls.id } : null;
   },
   onStroke: (stroke) => saveStroke(stroke),
+  onClick: (x, y, positive) => addClick(x, y, positive),
   onPointer: (x, y) => {
     const inside = S.image && x >= 0 && y >= 0 && x < S.image.width && y < S.image.height;
     $("#pos-label").textContent = inside ? `x ${Math.floor(x)}, y ${Math.floor(y)}` : "";
@@ -47,6 +54,8 @@ async function openProject(id, imageId = null) {
   renderSettings();
   renderClasses();
   renderThumbs();
+  $("#fractions-box").hidden = true;
+  showModelInfo();
   const target = S.images.find((i) => i.id === imageId) || S.images[0];
   if (target) await openImage(target.id);
   else showEmpty();
@@ -102,7 +111,12 @@ function renderThumbs() {
     img.alt = im.name;
     const cap = document.createElement("span");
     cap.textContent = im.n_pages > 1 ? `${im.name} (${im.n_pages}p)` : im.name;
-    card.append(img, cap);
+    const del = document.createElement("button");
+    del.className = "thumb-delete";
+    del.title = "Delete this image (asks first)";
+    del.textContent = "✕";
+    del.onclick = (e) => { e.stopPropagation(); deleteImage(im); };
+    card.append(img, cap, del);
     card.onclick = () => openImage(im.id).catch(fail);
     box.append(card);
   }
@@ -129,10 +143,14 @@ async function openImage(id) {
   const image = S.images.find((i) => i.id === id) || (await api.get(`/api/images/${id}`));
   S.image = image;
   S.prediction = null;
+  viewer.setRegions(null);
+  clearClicks();
   $("#empty").hidden = true;
   markThumb();
   setHash();
-  await viewer.setImage(`/api/images/${id}/display.png`, image.width, image.height);
+  const pyramid = await api.get(`/api/images/${id}/pyramid`);
+  await viewer.setImage(`/api/images/${id}/display.png`, image.width, image.height, pyramid,
+    (level, ty, tx) => `/api/images/${id}/tile.png?level=${level}&ty=${ty}&tx=${tx}`);
   const strokes = await api.get(`/api/images/${id}/strokes`);
   if (S.image.id !== id) return;
   S.strokes = strokes.concat(pendingFor(id));
@@ -206,6 +224,7 @@ async function train() {
       if (S.image && final.result.image_id === S.image.id) await refreshPrediction();
       if (final.result.note) say(`Trained, but this image cannot be predicted: ${final.result.note}`, "error");
       updateDownloads();
+      showModelInfo();
     }
   } catch (err) {
     fail(err);
@@ -224,7 +243,7 @@ async function refreshPrediction() {
   const id = S.image.id;
   const meta = await api.get(`/api/images/${id}`);
   // a prediction from before a class was deleted has the old class values: not shown
-  const pred = meta.prediction_version > 0 && S.project.has_model ? await api.getPrediction(id, S.view) : null;
+  const pred = meta.prediction_version > 0 && S.project.has_model ? await api.getPrediction(id, S.view, viewer.overlayLevel()) : null;
   if (S.image?.id !== id) return;
   Object.assign(S.image, meta);
   S.prediction = pred;
@@ -286,6 +305,8 @@ function updateDownloads() {
     "#dl-labels": hasPred ? `/api/images/${S.image.id}/labels.png` : null,
     "#dl-proba": hasPred ? `/api/images/${S.image.id}/probabilities.tif` : null,
     "#dl-csv": p && p.has_phase_fractions ? `/api/projects/${p.id}/phase_fractions.csv` : null,
+    "#dl-fractions": hasModel ? `/api/projects/${p.id}/fractions.csv` : null,
+    "#dl-scribbles": S.image ? `/api/images/${S.image.id}/scribbles.png` : null,
     "#dl-model": hasModel ? `/api/projects/${p.id}/model.skops` : null,
     "#dl-zip": hasModel ? `/api/projects/${p.id}/results.zip` : null,
   };
@@ -329,9 +350,23 @@ function bindUi() {
   $("#undo").onclick = () => undoRedo("undo");
   $("#redo").onclick = () => undoRedo("redo");
   $("#fit").onclick = () => viewer.fit();
-  $("#feature-kind").onchange = () => patchProject({ features: featureSettings() });
-  $("#backbone").onchange = () => patchProject({ features: featureSettings() });
-  $("#stride").onchange = () => patchProject({ features: featureSettings() });
+  for (const sel of ["#feature-kind", "#backbone", "#stride", "#shifts", "#flips", "#pca", "#filters", "#sigmas", "#device"]) {
+    $(sel).onchange = () => changeSettings({ features: featureSettings() });
+  }
+  $("#crf").onchange = () => changeSettings({ crf: crfSettings() });
+  for (const el of document.querySelectorAll("#crf-advanced input")) el.onchange = () => changeSettings({ crf: crfSettings() });
+  $("#load-model").onchange = (e) => { if (e.target.files[0]) loadModel(e.target.files[0]); e.target.value = ""; };
+  $("#import-scribbles").onchange = (e) => { if (e.target.files[0]) importScribbles(e.target.files[0]); e.target.value = ""; };
+  $("#delete-project").onclick = () => deleteProject();
+  $("#swipe").oninput = (e) => viewer.setSwipe(Number(e.target.value));
+  $("#show-uncertain").onclick = () => showUncertain();
+  $("#show-fractions").onclick = () => showFractions();
+  $("#click-finish").onclick = () => finishObject();
+  $("#click-undo").onclick = () => { clicks.pop(); showClickObject(); };
+  $("#click-cancel").onclick = () => clearClicks();
+  for (const r of document.querySelectorAll("input[name=tool]")) {
+    r.addEventListener("change", () => { $("#click-row").hidden = r.value !== "click" || !r.checked; if (r.value !== "click") clearClicks(); });
+  }
   $("#classifier").onchange = (e) => patchProject({ classifier: e.target.value });
   $("#auto-train").onchange = (e) => patchProject({ auto_train: e.target.checked });
   $("#train").onclick = () => train();
@@ -354,6 +389,11 @@ function bindUi() {
     else if (ctrl) return;
     else if (e.key === "b") $("#tool-brush").checked = true;
     else if (e.key === "e") $("#tool-eraser").checked = true;
+    else if (e.key === "l") $("#tool-lasso").checked = true;
+    else if (e.key === "c") { $("#tool-click").checked = true; $("#click-row").hidden = false; }
+    else if ($("#tool-click").checked && e.key === "Enter") finishObject();
+    else if ($("#tool-click").checked && e.key === "Backspace") { clicks.pop(); showClickObject(); }
+    else if (e.key === "Escape") clearClicks();
     else if (e.key === "f") viewer.fit();
     else if (e.key === "[" || e.key === "]") {
       size.value = Number(size.value) + (e.key === "]" ? 2 : -2);
@@ -362,8 +402,87 @@ function bindUi() {
   });
 }
 
+// -- click tool: clicks select an object (server-side ClickSegmenter), Finish makes it labels ----
+let clicks = [];
+let clickSeq = 0;
+async function showClickObject() {
+  const cls = S.classes.find((c) => c.id === S.activeClass);
+  $("#click-row").hidden = !clicks.length && $("#tool-click").checked === false;
+  if (!clicks.length || !S.image) return viewer.setClickObject(null, [], "#fff");
+  const seq = ++clickSeq;
+  try {
+    const obj = await api.post(`/api/images/${S.image.id}/click-object`, { clicks });
+    if (seq === clickSeq) viewer.setClickObject(obj.runs, clicks, cls?.color || "#ffffff");
+  } catch (err) {
+    fail(err);
+  }
+}
+
+function addClick(x, y, positive) {
+  if (!S.image || x < 0 || y < 0 || x >= S.image.width || y >= S.image.height) return;
+  clicks.push({ x: Math.floor(x), y: Math.floor(y), positive });
+  showClickObject();
+}
+
+function clearClicks() {
+  clicks = [];
+  viewer.setClickObject(null, [], "#fff");
+}
+
+async function finishObject() {
+  if (!clicks.length || !S.image) return;
+  if (!S.activeClass) return say("Select the class the object belongs to.", "error");
+  const id = S.image.id;
+  try {
+    await S.queue;
+    const layer = await api.post(`/api/images/${id}/click-object/commit`, { clicks, class_id: S.activeClass });
+    clearClicks();
+    if (S.image?.id === id) {
+      S.strokes.push(layer);
+      redrawStrokes();
+    }
+    if (S.project.auto_train) scheduleTrain();
+  } catch (err) {
+    fail(err);
+  }
+}
+
+// Settings change: features retire the model (overlay cleared), CRF makes a new version of it
+// (the image is predicted again); either way the overlay and the model line follow the server.
+async function changeSettings(body) {
+  if (!S.project) return;
+  const before = S.project.model_version;
+  await patchProject(body);
+  if (S.project.model_version !== before) {
+    S.images = await api.get(`/api/projects/${S.project.id}/images`);
+    if (!S.project.has_model) { viewer.clearOverlay(); S.prediction = null; }
+    await refreshPrediction();
+  }
+  showModelInfo();
+  updateDownloads();
+}
+
+async function reopenProject(imageId = null) {
+  await loadProjects();
+  if (S.project) await openProject(S.project.id, imageId ?? S.image?.id ?? null);
+}
+
+async function afterProjectDeleted() {
+  await loadProjects();
+  const last = S.projects[S.projects.length - 1];
+  if (last) await openProject(last.id);
+  else {
+    S.classes = [];
+    S.images = [];
+    renderClasses();
+    renderThumbs();
+    showEmpty();
+    document.body.dataset.project = "";
+  }
+}
+
 async function main() {
-  Object.assign(hooks, { viewer, scheduleTrain, drawPrediction, updateDownloads });
+  Object.assign(hooks, { viewer, scheduleTrain, drawPrediction, updateDownloads, reopenProject, afterProjectDeleted, redrawStrokes });
   bindUi();
   $("#size-value").textContent = $("#brush-size").value;
   try {

@@ -10,7 +10,9 @@ export function renderClasses() {
     const li = document.createElement("li");
     li.className = "class" + (c.id === S.activeClass ? " active" : "");
     li.dataset.classId = c.id;
-    li.innerHTML = `<span class="key"></span><input type="color" class="class-color" aria-label="Colour"><input class="class-name" maxlength="80" aria-label="Class name"><button class="class-delete" title="Delete class">✕</button>`;
+    li.innerHTML = `<span class="key"></span><input type="color" class="class-color" aria-label="Colour"><input class="class-name" maxlength="80" aria-label="Class name"><button class="class-move class-up" title="Move up (class values follow the order; the model must be retrained)">▲</button><button class="class-move class-down" title="Move down">▼</button><button class="class-delete" title="Delete class">✕</button>`;
+    li.querySelector(".class-up").onclick = (e) => { e.stopPropagation(); moveClass(c, -1); };
+    li.querySelector(".class-down").onclick = (e) => { e.stopPropagation(); moveClass(c, 1); };
     li.querySelector(".key").textContent = c.value;
     const color = li.querySelector(".class-color");
     color.value = c.color;
@@ -35,7 +37,7 @@ export function renderClasses() {
 
 export function selectClass(id) {
   S.activeClass = id;
-  $("#tool-brush").checked = true;
+  if ($("#tool-eraser").checked) $("#tool-brush").checked = true; // the lasso stays the lasso
   for (const li of document.querySelectorAll("#classes li")) li.classList.toggle("active", Number(li.dataset.classId) === id);
 }
 
@@ -91,6 +93,27 @@ async function deleteClass(c) {
     hooks.viewer.clearOverlay();
     S.prediction = null;
     hooks.updateDownloads();
+  } catch (err) {
+    fail(err);
+  }
+}
+
+// Reorder: class values 1..K follow the list, so the server retires the model (strokes are kept).
+async function moveClass(c, delta) {
+  const ids = S.classes.map((x) => x.id);
+  const i = ids.indexOf(c.id);
+  const j = i + delta;
+  if (j < 0 || j >= ids.length) return;
+  [ids[i], ids[j]] = [ids[j], ids[i]];
+  try {
+    S.classes = await api.put(`/api/projects/${S.project.id}/classes/order`, { class_ids: ids });
+    S.project = await api.get(`/api/projects/${S.project.id}`);
+    renderClasses();
+    redrawStrokes();
+    hooks.viewer.clearOverlay();
+    S.prediction = null;
+    hooks.updateDownloads();
+    say("Classes reordered: their values changed, so train again.");
   } catch (err) {
     fail(err);
   }

@@ -9,7 +9,8 @@ function classColor(id) {
 }
 
 export function redrawStrokes() {
-  hooks.viewer.setStrokes(S.strokes.map((s) => ({ ...s, color: s.tool === "eraser" ? "#fff" : classColor(s.class_id) })));
+  const colors = Object.fromEntries(S.classes.map((c) => [c.id, c.color]));
+  hooks.viewer.setStrokes(S.strokes.map((s) => ({ ...s, colors, color: s.tool === "eraser" ? "#fff" : classColor(s.class_id) })));
 }
 
 function readPending() {

@@ -20,6 +20,8 @@ export class Viewer {
     this.tx = 0;
     this.ty = 0;
     this.current = null; // stroke being painted
+    this.pyramid = null;
+    this.canvasScale = 1;
     this.panning = null;
     this.spaceDown = false;
     this.bind();
@@ -29,12 +31,20 @@ export class Viewer {
     return this.width > 0;
   }
 
-  async setImage(url, width, height) {
+  // pyramid: {tiled, tile, levels: [[w, h], ...]} for a large image (canvases at the last
+  // level's size, tiles of finer levels fetched for the region on screen), else null
+  async setImage(url, width, height, pyramid = null, tileUrl = null) {
     this.width = width;
     this.height = height;
+    this.pyramid = pyramid?.tiled ? pyramid : null;
+    this.tileUrl = tileUrl;
+    this.tileBox = this.stage.querySelector("#tiles");
+    this.tileBox.innerHTML = "";
+    const [cw, ch] = this.pyramid ? this.pyramid.levels[this.pyramid.levels.length - 1] : [width, height];
+    this.canvasScale = cw / width; // canvas pixels per image pixel (1 unless tiled)
     for (const canvas of [this.overlay, this.scribbles]) {
-      canvas.width = width;
-      canvas.height = height;
+      canvas.width = cw;
+      canvas.height = ch;
     }
     this.stage.style.width = `${width}px`;
     this.stage.style.height = `${height}px`;
@@ -50,8 +60,15 @@ export class Viewer {
     this.fit();
   }
 
+  // pyramid level of the overlay and the canvases (0 unless the image is tiled)
+  overlayLevel() {
+    return this.pyramid ? this.pyramid.levels.length - 1 : 0;
+  }
+
   clear() {
     this.width = this.height = 0;
+    this.pyramid = null;
+    this.stage.querySelector("#tiles").innerHTML = "";
     this.stage.hidden = true;
     this.img.removeAttribute("src");
   }
@@ -72,6 +89,46 @@ export class Viewer {
     const crisp = this.scale >= 2 ? "pixelated" : "auto";
     this.img.style.imageRendering = crisp;
     this.hooks.onZoom?.(this.scale);
+    if (this.pyramid && !this.tilesPending) {
+      this.tilesPending = true;
+      requestAnimationFrame(() => { this.tilesPending = false; this.updateTiles(); });
+    }
+  }
+
+  // Tiles of the finest level the zoom needs, for the part of the image on screen only.
+  updateTiles() {
+    const p = this.pyramid;
+    if (!p) return;
+    const top = p.levels.length - 1;
+    const level = Math.max(0, Math.min(top, Math.floor(Math.log2(1 / this.scale))));
+    const wanted = new Map();
+    if (level < top) {
+      const rect = this.viewport.getBoundingClientRect();
+      const span = p.tile * 2 ** level; // image pixels per tile
+      const [lw, lh] = p.levels[level];
+      const x0 = Math.max(0, -this.tx / this.scale);
+      const y0 = Math.max(0, -this.ty / this.scale);
+      const x1 = Math.min(this.width, (rect.width - this.tx) / this.scale);
+      const y1 = Math.min(this.height, (rect.height - this.ty) / this.scale);
+      for (let ty = Math.floor(y0 / span); ty * span < y1 && ty * p.tile < lh; ty += 1) {
+        for (let tx = Math.floor(x0 / span); tx * span < x1 && tx * p.tile < lw; tx += 1) {
+          wanted.set(`${level}/${ty}/${tx}`, [level, ty, tx, Math.min(p.tile, lw - tx * p.tile), Math.min(p.tile, lh - ty * p.tile)]);
+        }
+      }
+    }
+    for (const el of [...this.tileBox.children]) if (!wanted.has(el.dataset.key)) el.remove();
+    const have = new Set([...this.tileBox.children].map((el) => el.dataset.key));
+    for (const [key, [lv, ty, tx, w, h]] of wanted) {
+      if (have.has(key) || wanted.size > 64) continue;
+      const f = 2 ** lv;
+      const img = document.createElement("img");
+      img.dataset.key = key;
+      img.draggable = false;
+      Object.assign(img.style, { left: `${tx * p.tile * f}px`, top: `${ty * p.tile * f}px`, width: `${w * f}px`, height: `${h * f}px` });
+      img.src = this.tileUrl(lv, ty, tx);
+      this.tileBox.append(img);
+    }
+    this.tileBox.dataset.level = String(level);
   }
 
   toImage(event) {
@@ -118,10 +175,17 @@ export class Viewer {
   down(e) {
     if (!this.hasImage()) return;
     this.viewport.focus({ preventScroll: true });
-    if (e.button === 1 || e.button === 2 || (e.button === 0 && this.spaceDown)) {
+    const clicking = this.hooks.brush()?.tool === "click";
+    if (e.button === 1 || (e.button === 2 && !clicking) || (e.button === 0 && this.spaceDown)) {
       this.panning = { x: e.clientX, y: e.clientY, tx: this.tx, ty: this.ty };
       this.viewport.setPointerCapture(e.pointerId);
       this.viewport.classList.add("panning");
+      return;
+    }
+    const tool = this.hooks.brush();
+    if (tool?.tool === "click" && (e.button === 0 || e.button === 2)) {
+      const [cx, cy] = this.toImage(e);
+      this.hooks.onClick?.(cx, cy, e.button === 0 && !e.shiftKey);
       return;
     }
     if (e.button !== 0) return;
@@ -130,7 +194,8 @@ export class Viewer {
     this.viewport.setPointerCapture(e.pointerId);
     const [x, y] = this.toImage(e);
     this.current = { ...brush, points: [[x, y]] };
-    this.drawSegment(this.current, [x, y], [x, y]);
+    if (brush.tool === "polygon") this.drawLasso();
+    else this.drawSegment(this.current, [x, y], [x, y]);
   }
 
   move(e) {
@@ -144,10 +209,33 @@ export class Viewer {
     const [x, y] = this.toImage(e);
     this.hooks.onPointer?.(x, y);
     if (!this.current) return;
-    const last = this.current.points[this.current.points.length - 1];
-    if (Math.hypot(x - last[0], y - last[1]) < 0.5) return;
-    this.current.points.push([x, y]);
-    this.drawSegment(this.current, last, [x, y]);
+    // a busy page gets one event for several pointer moves: take every position (a lasso's corners)
+    const events = (e.getCoalescedEvents && e.getCoalescedEvents().length) ? e.getCoalescedEvents() : [e];
+    for (const ev of events) {
+      const [px, py] = this.toImage(ev);
+      const last = this.current.points[this.current.points.length - 1];
+      if (Math.hypot(px - last[0], py - last[1]) < 0.5) continue;
+      this.current.points.push([px, py]);
+      if (this.current.tool !== "polygon") this.drawSegment(this.current, last, [px, py]);
+    }
+    if (this.current.tool === "polygon") this.drawLasso();
+  }
+
+  // The lasso while it is drawn: an SVG polygon over the image, in the class colour.
+  drawLasso() {
+    let path = this.stage.querySelector("#lasso");
+    if (!path) {
+      path = document.createElementNS("http://www.w3.org/2000/svg", "svg");
+      path.id = "lasso";
+      path.innerHTML = "<polygon></polygon>";
+      this.stage.append(path);
+    }
+    path.setAttribute("viewBox", `0 0 ${this.width} ${this.height}`);
+    const poly = path.querySelector("polygon");
+    poly.setAttribute("points", this.current.points.map((p) => p.join(",")).join(" "));
+    poly.setAttribute("fill", this.current.color);
+    poly.setAttribute("stroke-width", String(1.5 / this.scale));
+    path.hidden = false;
   }
 
   up(e) {
@@ -160,6 +248,12 @@ export class Viewer {
     const stroke = this.current;
     this.current = null;
     stroke.points = stroke.points.map(([x, y]) => [Math.round(x * 100) / 100, Math.round(y * 100) / 100]);
+    if (stroke.tool === "polygon") {
+      const lasso = this.stage.querySelector("#lasso");
+      if (lasso) lasso.hidden = true;
+      if (stroke.points.length < 3) return; // a click is not a region
+      this.drawStroke(stroke);
+    }
     this.hooks.onStroke(stroke);
   }
 
@@ -187,6 +281,7 @@ export class Viewer {
   brushContext(stroke) {
     const ctx = this.scribbles.getContext("2d");
     ctx.save();
+    ctx.setTransform(this.canvasScale, 0, 0, this.canvasScale, 0, 0); // image pixels -> canvas pixels
     ctx.globalCompositeOperation = stroke.tool === "eraser" ? "destination-out" : "source-over";
     ctx.strokeStyle = ctx.fillStyle = stroke.color || "#000";
     ctx.lineWidth = 2 * stroke.radius;
@@ -213,7 +308,23 @@ export class Viewer {
   drawStroke(stroke) {
     const ctx = this.brushContext(stroke);
     const pts = stroke.points;
+    if (stroke.tool === "labels") { // an imported label layer: (class_id, row, x0, x1) runs
+      for (const [cid, y, x0, x1] of stroke.runs || []) {
+        ctx.fillStyle = stroke.colors[cid] || "#000";
+        ctx.fillRect(x0, y, x1 - x0, 1);
+      }
+      ctx.restore();
+      return;
+    }
     ctx.beginPath();
+    if (stroke.tool === "polygon") { // filled like the server fills it: pixel centres inside, even-odd
+      ctx.moveTo(pts[0][0], pts[0][1]);
+      for (const p of pts.slice(1)) ctx.lineTo(p[0], p[1]);
+      ctx.closePath();
+      ctx.fill("evenodd");
+      ctx.restore();
+      return;
+    }
     if (pts.length === 1) {
       ctx.arc(pts[0][0], pts[0][1], stroke.radius, 0, 2 * Math.PI);
       ctx.fill();
@@ -244,7 +355,7 @@ export class Viewer {
 
   // pred: {width, height, data: Uint8Array}; palette: value -> [r, g, b] or null for the uncertainty ramp
   setOverlay(pred, palette, version) {
-    if (pred.width !== this.width || pred.height !== this.height) return;
+    if (pred.width !== this.overlay.width || pred.height !== this.overlay.height) return;
     const ctx = this.overlay.getContext("2d");
     const out = ctx.createImageData(pred.width, pred.height);
     const px = out.data;
@@ -273,6 +384,57 @@ export class Viewer {
 
   setOverlayVisible(visible) {
     this.overlay.style.visibility = visible ? "visible" : "hidden";
+  }
+
+  // Show the prediction on the left ``percent`` of the image only (swipe comparison).
+  setSwipe(percent) {
+    this.overlay.style.clipPath = percent >= 100 ? "" : `inset(0 ${100 - percent}% 0 0)`;
+  }
+
+  // The click tool's object (runs (row, x0, x1) in image pixels) and its clicks; null clears.
+  setClickObject(runs, clicks, color) {
+    let canvas = this.stage.querySelector("#clickmask");
+    if (!canvas) {
+      canvas = document.createElement("canvas");
+      canvas.id = "clickmask";
+      this.stage.append(canvas);
+    }
+    canvas.width = this.overlay.width;
+    canvas.height = this.overlay.height;
+    const ctx = canvas.getContext("2d");
+    ctx.setTransform(this.canvasScale, 0, 0, this.canvasScale, 0, 0);
+    canvas.dataset.area = "0";
+    if (!runs) return;
+    ctx.fillStyle = color;
+    ctx.globalAlpha = 0.55;
+    let area = 0;
+    for (const [y, x0, x1] of runs) {
+      ctx.fillRect(x0, y, x1 - x0, 1);
+      area += x1 - x0;
+    }
+    ctx.globalAlpha = 1;
+    for (const c of clicks) {
+      ctx.beginPath();
+      ctx.arc(c.x + 0.5, c.y + 0.5, Math.max(2, 4 / this.scale), 0, 2 * Math.PI);
+      ctx.fillStyle = c.positive ? "#22c55e" : "#ef4444";
+      ctx.fill();
+    }
+    canvas.dataset.area = String(area);
+  }
+
+  // Outline regions [{x, y, width, height, score}] in image pixels (null clears).
+  setRegions(regions) {
+    const box = this.stage.querySelector("#regions");
+    box.innerHTML = "";
+    for (const [k, r] of (regions || []).entries()) {
+      const el = document.createElement("div");
+      el.className = "region";
+      Object.assign(el.style, { left: `${r.x}px`, top: `${r.y}px`, width: `${r.width}px`, height: `${r.height}px`,
+        borderWidth: `${Math.max(1, 2 / this.scale)}px` });
+      el.title = `#${k + 1}: mean uncertainty ${r.score.toFixed(2)}`;
+      el.textContent = String(k + 1);
+      box.append(el);
+    }
   }
 }
 
