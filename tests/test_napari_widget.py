@@ -85,8 +85,9 @@ def test_train_predict_save_load_and_cli_models(make_napari_viewer, qtbot, isb0,
     viewer.window._qt_window.resize(1600, 1150)
     viewer.reset_view()
     qtbot.wait(200)
-    (REPO / "docs" / "img").mkdir(parents=True, exist_ok=True)
-    shot = viewer.screenshot(path=str(REPO / "docs" / "img" / "napari_widget.png"), canvas_only=False)
+    # (written to test-artifacts/, as the web app's screenshot is; docs/img/napari_widget.png is a copy)
+    (REPO / "test-artifacts").mkdir(parents=True, exist_ok=True)
+    shot = viewer.screenshot(path=str(REPO / "test-artifacts" / "napari_widget.png"), canvas_only=False)
     assert shot.std() > 10  # a real picture, not a blank window
 
     # save -> load gives identical predictions; the saved model runs in `hrdv2 apply` with the same labels

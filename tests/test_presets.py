@@ -99,7 +99,7 @@ def test_auto_preset_follows_the_device():
 
 def test_every_preset_key_is_an_option_of_its_command():
     from hrdv2.cli.features import features
-    from hrdv2.cli.segment import train
+    from hrdv2.cli.train import train
     from hrdv2.cli.unsupervised import unsupervised
 
     for workflow, command in (("features", features), ("train", train), ("unsupervised", unsupervised)):

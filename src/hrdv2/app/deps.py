@@ -6,10 +6,13 @@ import the routers without a cycle; tests can build an ``AppState`` of their own
 
 from __future__ import annotations
 
+import hashlib
+import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from fastapi import Request
+from fastapi import HTTPException, Request, UploadFile
 
 from .engine import Engine
 from .jobs import JobManager
@@ -31,3 +34,23 @@ class AppState:
 def state(request: Request) -> AppState:
     """The app's state (set by ``create_app``); use as ``state(request)`` or ``Depends(state)``."""
     return request.app.state.hrdv2
+
+
+async def receive_upload(s: AppState, file: UploadFile, suffix: str) -> tuple[Path, str]:
+    """Stream an upload into a temporary file under the store's uploads folder, capped at the
+    upload limit while it streams (413 past it). Returns (temporary path, sha256 hex); the
+    caller renames or deletes the file (on error here it is already gone)."""
+    fd, name = tempfile.mkstemp(prefix=".upload.", suffix=suffix, dir=s.store.root / "uploads")
+    digest, size = hashlib.sha256(), 0
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            while chunk := await file.read(1 << 20):
+                size += len(chunk)
+                if size > s.max_upload_bytes:
+                    raise HTTPException(413, f"upload exceeds the limit of {s.max_upload_bytes:,} bytes")
+                digest.update(chunk)
+                fh.write(chunk)
+    except BaseException:
+        Path(name).unlink(missing_ok=True)
+        raise
+    return Path(name), digest.hexdigest()

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import gzip
-import hashlib
 import io
 import os
-import tempfile
 from pathlib import Path
 from typing import Literal
 
@@ -19,7 +17,7 @@ from hrdv2.io import IMAGE_SUFFIXES, read_stack, to_float01
 from .raster import MAX_STROKE_WORK, stroke_work
 from .schemas import DataAdd, DataFiles, IdPath, ImageOut, JobOut, StrokeIn, StrokeOut, UndoResult
 from .security import PathRefused, UploadRejected, display_name, safe_join, sniff_image_type
-from .deps import AppState, state
+from .deps import AppState, receive_upload, state
 
 router = APIRouter(prefix="/api")
 MAX_DATA_FILES = 5000
@@ -78,19 +76,9 @@ async def upload_image(project_id: IdPath, request: Request, file: UploadFile = 
     except UploadRejected as exc:
         raise HTTPException(exc.status, f"{display_name(file.filename)}: {exc.message}") from exc
     await file.seek(0)
-    uploads = s.store.root / "uploads"
-    fd, tmp_name = tempfile.mkstemp(prefix=".upload.", suffix=suffix, dir=uploads)
-    tmp = Path(tmp_name)
-    digest, size = hashlib.sha256(), 0
+    tmp, digest = await receive_upload(s, file, suffix)
     try:
-        with os.fdopen(fd, "wb") as fh:
-            while chunk := await file.read(1 << 20):
-                size += len(chunk)
-                if size > s.max_upload_bytes:
-                    raise HTTPException(413, f"upload exceeds the limit of {s.max_upload_bytes:,} bytes")
-                digest.update(chunk)
-                fh.write(chunk)
-        target = uploads / f"{digest.hexdigest()}{suffix}"
+        target = s.store.root / "uploads" / f"{digest}{suffix}"
         try:
             images = _add_pages(s, project_id, display_name(file.filename), "upload", target.name, tmp)
         except UploadRejected as exc:

@@ -7,40 +7,20 @@ holding anything else is refused in one line before any of it is built.
 
 from __future__ import annotations
 
-import os
 import shutil
-import tempfile
-from pathlib import Path
 
 import numpy as np
 from fastapi import APIRouter, File, HTTPException, Request, UploadFile
 
 from hrdv2.errors import HRDv2Error
 
-from .deps import AppState, state
+from .deps import receive_upload, state
 from .schemas import ClassOrder, ClassOut, CrfSettings, FeatureSettings, IdPath, ImageOut, ModelInfo, ProjectOut, StrokeOut
 from .security import UploadRejected, display_name, sniff_image_type
 
 router = APIRouter(prefix="/api")
 ZIP_MAGIC = b"PK\x03\x04"
 COLOURS = ["#e6194b", "#3cb44b", "#4363d8", "#ffe119", "#f58231", "#911eb4", "#42d4f4", "#f032e6"]
-
-
-async def _receive(s: AppState, file: UploadFile, suffix: str) -> Path:
-    """The upload in a temporary file under the store (size capped while streaming)."""
-    fd, name = tempfile.mkstemp(prefix=".upload.", suffix=suffix, dir=s.store.root / "uploads")
-    size = 0
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            while chunk := await file.read(1 << 20):
-                size += len(chunk)
-                if size > s.max_upload_bytes:
-                    raise HTTPException(413, f"upload exceeds the limit of {s.max_upload_bytes:,} bytes")
-                fh.write(chunk)
-    except BaseException:
-        Path(name).unlink(missing_ok=True)
-        raise
-    return Path(name)
 
 
 def settings_of(config, device: str = "server") -> FeatureSettings:
@@ -69,7 +49,7 @@ async def load_model(project_id: IdPath, request: Request, file: UploadFile = Fi
     if head != ZIP_MAGIC:
         raise HTTPException(415, f"{name}: not a model file (a .skops file is a zip archive); save one with `hrdv2 train`")
     await file.seek(0)
-    tmp = await _receive(s, file, ".skops")
+    tmp, _ = await receive_upload(s, file, ".skops")
     try:
         try:
             seg = Segmenter.load(tmp)
@@ -137,7 +117,7 @@ async def import_scribbles(image_id: IdPath, request: Request, file: UploadFile 
     if kind == "jpeg":
         raise HTTPException(415, f"{name}: JPEG changes pixel values, so it cannot hold class ids; save the labels as PNG or TIFF")
     await file.seek(0)
-    tmp = await _receive(s, file, suffix)
+    tmp, _ = await receive_upload(s, file, suffix)
     try:
         labels = read_labels(tmp, max_bytes=s.max_pixels * 8)
     except HRDv2Error as exc:

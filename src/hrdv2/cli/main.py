@@ -10,7 +10,7 @@ from hrdv2.cli.lazy import LazyGroup
 # command name -> "module:attribute" (a click.Command or click.Group)
 COMMANDS: dict[str, str] = {
     "features": "hrdv2.cli.features:features",
-    "train": "hrdv2.cli.segment:train",
+    "train": "hrdv2.cli.train:train",
     "apply": "hrdv2.cli.segment:apply",
     "evaluate": "hrdv2.cli.segment:evaluate",
     "unsupervised": "hrdv2.cli.unsupervised:unsupervised",
