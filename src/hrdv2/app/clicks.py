@@ -8,9 +8,6 @@ the session on the page did, so a reload or a second tab sees the same object.
 
 from __future__ import annotations
 
-import threading
-from typing import Any
-
 import numpy as np
 from fastapi import APIRouter, Request
 from pydantic import Field
@@ -41,26 +38,6 @@ class ClickMask(_Strict):
     runs: list[tuple[int, int, int]] = Field(description="(row, x0, x1) runs of the object, x1 exclusive")
 
 
-class ClickCache:
-    """One ClickSegmenter per (image, feature config), the last few kept: its PCA is the slow part."""
-
-    def __init__(self, keep: int = 2):
-        self._items: dict[tuple[str, str], Any] = {}
-        self._lock = threading.Lock()
-        self._keep = keep
-
-    def get(self, key: tuple[str, str], make) -> Any:
-        with self._lock:
-            if key in self._items:
-                return self._items[key]
-        seg = make()
-        with self._lock:
-            self._items[key] = seg
-            while len(self._items) > self._keep:
-                self._items.pop(next(iter(self._items)))
-        return seg
-
-
 def _mask(request: Request, image_id: int, body: ClickObject) -> np.ndarray:
     from hrdv2.errors import ShapeError
     from hrdv2.probe.click_segmenter import ClickSegmenter
@@ -72,10 +49,7 @@ def _mask(request: Request, image_id: int, body: ClickObject) -> np.ndarray:
         if c.x >= image["width"] or c.y >= image["height"]:
             raise ShapeError(f"click ({c.x:g}, {c.y:g}) lies outside the {image['width']}x{image['height']} image.")
     config = s.engine.project_config(image["project_id"])
-    cache = getattr(s.engine, "click_cache", None)
-    if cache is None:
-        cache = s.engine.click_cache = ClickCache()
-    seg = cache.get((image["sha"], config.key()),
+    seg = s.click_cache.get((image["sha"], config.key()),
                     lambda: ClickSegmenter(np.moveaxis(s.engine.features(image, config), -1, 0)))
     clicks = [Click(int(c.y), int(c.x), c.positive) for c in body.clicks]
     mask = None

@@ -9,14 +9,36 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, Callable
 
 from fastapi import HTTPException, Request, UploadFile
 
 from .engine import Engine
 from .jobs import JobManager
 from .store import Store
+
+
+class ClickCache:
+    """One ClickSegmenter per (image, feature config), the last few kept: its PCA is the slow part."""
+
+    def __init__(self, keep: int = 2):
+        self._items: dict[tuple[str, str], Any] = {}
+        self._lock = threading.Lock()
+        self._keep = keep
+
+    def get(self, key: tuple[str, str], make: Callable[[], Any]) -> Any:
+        with self._lock:
+            if key in self._items:
+                return self._items[key]
+        seg = make()
+        with self._lock:
+            self._items[key] = seg
+            while len(self._items) > self._keep:
+                self._items.pop(next(iter(self._items)))
+        return seg
 
 
 @dataclass
@@ -29,6 +51,7 @@ class AppState:
     data_dir: Path | None
     max_upload_bytes: int
     max_pixels: int
+    click_cache: ClickCache = field(default_factory=ClickCache)  # the click tool's segmenters
 
 
 def state(request: Request) -> AppState:
