@@ -34,7 +34,10 @@ _RUNTIME_FIELDS = ("device", "batch_size")
 # deep signals (the same names as hrdv2.backbones.facets, kept here so configs never import torch)
 FACETS = ("token", "key", "query", "value")
 ATTENTION_SIGNALS = ("softmax", "o")
-_SIGNAL_DEFAULTS = {"facet": "token", "layer": None, "attention": "softmax"}
+# fields added after the first release, with their defaults: a config at a field's default keeps
+# the key it had before the field existed (cached features stay valid)
+_ADDED_LATER = {"rotations": False, "volume": False, "facet": "token", "layer": None, "attention": "softmax",
+                "geometry": "hrdv2", "flip_set": "hrdv2"}
 GEOMETRIES = ("hrdv2", "published")  # as hrdv2.upsample.geometry.GEOMETRIES (no torch import here)
 FLIP_SETS = ("hrdv2", "published")  # as hrdv2.transforms.FLIP_SETS
 
@@ -127,15 +130,9 @@ class FeatureConfig:
     def key(self) -> str:
         """Stable short string naming what the features depend on (not device / batch size)."""
         d = {k: v for k, v in self.to_dict().items() if k not in _RUNTIME_FIELDS}
-        for added_later in ("rotations", "volume"):  # keys of configs without them stay as they were
-            if not d[added_later]:
-                d.pop(added_later)
-        for field_name, default in _SIGNAL_DEFAULTS.items():  # likewise for the deep signals at their defaults
-            if d[field_name] == default:
-                d.pop(field_name)
-        for field_name in ("geometry", "flip_set"):  # and for the geometry / flip set at hrdv2's own
-            if d[field_name] == "hrdv2" or (field_name == "flip_set" and not self.flips):
-                d.pop(field_name)
+        for name, default in _ADDED_LATER.items():
+            if d[name] == default or (name == "flip_set" and not self.flips):  # no flips: the flip set is moot
+                d.pop(name)
         if not self.volume:
             d.pop("spacing")
         if not self.uses_classical:

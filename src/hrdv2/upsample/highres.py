@@ -228,7 +228,7 @@ class HighResFeaturizer:
             grid_feats, grid_attn = self.backbone.forward_patches(inputs, S, with_attention=self.attention, dtype=self.dtype,
                                                                   facet=self.facet, layer=self.layer,
                                                                   attention_kind=self.attention_kind or "softmax",
-                                                                  **({"pos_embed": pos_embed} if pos_embed else {}))
+                                                                  pos_embed=pos_embed)
             _synchronize(device)  # GPU kernels run asynchronously: time them, not their launch
             vit_seconds += time.perf_counter() - t0
             grid_feats = grid_feats.permute(0, 2, 3, 1)  # (B, gh, gw, C): the ViT's own token layout
