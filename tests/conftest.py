@@ -49,6 +49,31 @@ def rng() -> np.random.Generator:
     return np.random.default_rng(0)
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """For modules of tiny tensors (``pytestmark = pytest.mark.usefixtures("one_torch_thread")``):
+    one thread is as fast, and on a loaded CI machine OpenMP threads that spin while waiting for
+    each other make every op ~20x slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def micrograph(shared_data) -> tuple[np.ndarray, np.ndarray]:
+    """A 160x160 crop of superalloy/isb_1 and its ground truth (1 = particles, 2 = matrix)."""
+    from hrdv2.io import read_image, read_labels
+
+    crop = (slice(0, 160), slice(0, 160))
+    image = read_image(shared_data / "superalloy" / "isb_1.png")[crop]
+    gt = read_labels(shared_data / "superalloy" / "isb_1_gt.png")[crop]
+    assert set(np.unique(gt)) == {1, 2}
+    return np.ascontiguousarray(image), np.ascontiguousarray(gt)
+
+
 @pytest.fixture(scope="session")
 def napari_display():
     """An X display for the napari tests (tests/test_napari_*.py): napari's canvas needs OpenGL,

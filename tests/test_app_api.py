@@ -21,9 +21,8 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from hrdv2.app.server import create_app
-from hrdv2.io import read_image, read_labels
+from hrdv2.io import read_labels
 
-CROP = (slice(0, 160), slice(0, 160))
 
 
 def _png(arr: np.ndarray) -> bytes:
@@ -39,15 +38,6 @@ def _wait(client: TestClient, job: dict, timeout: float = 120) -> dict:
         time.sleep(0.05)
         job = client.get(f"/api/jobs/{job['id']}").json()
     return job
-
-
-@pytest.fixture(scope="module")
-def micrograph(shared_data) -> tuple[np.ndarray, np.ndarray]:
-    """A 160x160 crop of isb_1 and its ground truth (1 = particles, 2 = matrix)."""
-    image = read_image(shared_data / "superalloy" / "isb_1.png")[CROP]
-    gt = read_labels(shared_data / "superalloy" / "isb_1_gt.png")[CROP]
-    assert set(np.unique(gt)) == {1, 2}
-    return image, gt
 
 
 @pytest.fixture

@@ -23,7 +23,6 @@ from PIL import Image
 from hrdv2.app.server import create_app
 from hrdv2.io import read_image, read_labels
 
-CROP = (slice(0, 160), slice(0, 160))
 
 
 def _png(arr: np.ndarray) -> bytes:
@@ -39,13 +38,6 @@ def _wait(client: TestClient, job: dict, timeout: float = 120) -> dict:
         time.sleep(0.05)
         job = client.get(f"/api/jobs/{job['id']}").json()
     return job
-
-
-@pytest.fixture(scope="module")
-def micrograph(shared_data) -> tuple[np.ndarray, np.ndarray]:
-    image = read_image(shared_data / "superalloy" / "isb_1.png")[CROP]
-    gt = read_labels(shared_data / "superalloy" / "isb_1_gt.png")[CROP]
-    return np.ascontiguousarray(image), np.ascontiguousarray(gt)
 
 
 @pytest.fixture(scope="module")
@@ -358,7 +350,7 @@ def test_fractions_of_current_predictions_and_uncertain_regions(client, trained,
     window = unsure[top["y"]:top["y"] + top["height"], top["x"]:top["x"] + top["width"]].mean()
     assert window == pytest.approx(top["score"], abs=2e-3) and window > unsure.mean()
     assert client.get(f"/api/images/{other['id']}/uncertain").status_code == 404
-    assert client.get(f"/api/projects/999/fractions").status_code == 404
+    assert client.get("/api/projects/999/fractions").status_code == 404
 
 
 # -- large images ------------------------------------------------------------------------------

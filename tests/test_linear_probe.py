@@ -34,17 +34,8 @@ def _two_texture(rng: np.random.Generator, size: int = 56) -> tuple[np.ndarray, 
     return (np.clip(img, 0, 1) * 255).astype(np.uint8), (disc + 1).astype(np.uint8)
 
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest: tiny tensors, one thread
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny tensors: one thread is as fast, and on a loaded CI machine OpenMP threads that spin while
-    waiting for each other make every op ~20x slower."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 @pytest.fixture(scope="module")
 def textures(tmp_path_factory) -> Path:

@@ -19,17 +19,8 @@ from hrdv2.matching import (
 from hrdv2.matching.core import best_pixel
 
 
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # conftest: tiny tensors, one thread
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """Tiny tensors: one thread is as fast, and on a loaded CI machine OpenMP threads that spin while
-    waiting for each other make every op ~20x slower."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 @pytest.fixture(scope="module")
 def horse(shared_data) -> np.ndarray:
