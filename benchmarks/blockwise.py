@@ -13,7 +13,8 @@ stack for volumes). Rows:
   a model trained on two labelled slices.
 * ``seams`` -- deep features tiled vs whole-image: per-pixel cosine (median, 1st percentile).
 
-Usage: python benchmarks/blockwise.py [--sizes 2048,8192] [--deep-size 2048] [--volume-size 256]
+Usage: python benchmarks/blockwise.py [--sizes 2048,8192] [--deep-size 4096] [--volume-size 256]
+(the deep target: --sizes "" --deep-size 4096 --volume-size 0; tens of minutes to hours on 2 cores)
 """
 
 from __future__ import annotations
@@ -35,6 +36,12 @@ DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 HERE = Path(__file__).resolve()
 
 
+def _cpu_s() -> float:
+    """CPU seconds of this process (all threads): less sensitive than wall time to a busy machine."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 def _peak_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
 
@@ -48,7 +55,7 @@ def child_apply(work: Path, size: int, mode: str, block: int) -> dict:
 
     seg = Segmenter.load(work / "model.skops")
     src = work / f"mosaic_{size}.tif"
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), _cpu_s()
     if mode == "blockwise":
         out = segment_blockwise(seg, src, label_writer("ome-zarr", work / f"labels_{size}.ome.zarr", f"bench{size}"),
                                 block_size=block, resume=False)
@@ -59,7 +66,35 @@ def child_apply(work: Path, size: int, mode: str, block: int) -> dict:
         write_image(work / f"labels_{size}.png", seg.predict(image))
         out = work / f"labels_{size}.png"
     secs = time.perf_counter() - t0
-    return {"seconds": secs, "mpx_s": size * size / secs / 1e6, "peak_gb": _peak_gb(), "out": str(out)}
+    res = {"seconds": secs, "mpx_s": size * size / secs / 1e6, "peak_gb": _peak_gb(), "out": str(out),
+           "load": os.getloadavg()[0], "cpu_s_mpx": (_cpu_s() - cpu0) / (size * size / 1e6)}
+    if mode == "blockwise":
+        res.update(predict_ratio(seg, src))
+    return res
+
+
+def predict_ratio(seg, src: Path, side: int = 1024) -> dict:
+    """Per-Mpx cost of one block's stages, and sklearn's predict_proba against the compiled forest
+    (hrdv2.segmentation.forest) on the same rows in this process (labels must be identical)."""
+    from hrdv2.blocks import open_array
+
+    crop = np.asarray(open_array(src)[:side, :side])
+    mpx = side * side / 1e6
+    t0 = time.perf_counter()
+    rows = seg.featurise(crop)
+    rows = rows.reshape(-1, rows.shape[-1])
+    t1 = time.perf_counter()
+    fast = seg.predict_proba_features(rows)
+    t2 = time.perf_counter()
+    labels = np.argmax(fast, axis=-1)
+    t3 = time.perf_counter()
+    seg._fast_forest = (seg.model_, None)  # the same Segmenter, with sklearn's own predict_proba
+    ref = seg.predict_proba_features(rows)
+    t4 = time.perf_counter()
+    del seg._fast_forest
+    return {"features_s": (t1 - t0) / mpx, "fast_s": (t2 - t1) / mpx, "argmax_s": (t3 - t2) / mpx,
+            "sklearn_s": (t4 - t3) / mpx, "same_labels": bool(np.array_equal(labels, ref.argmax(-1))),
+            "max_diff": float(np.abs(fast - ref).max())}
 
 
 def child_deep(work: Path, size: int, backbone: str, weights: str, shifts: str, block: int | None, tile: int) -> dict:
@@ -76,7 +111,11 @@ def child_deep(work: Path, size: int, backbone: str, weights: str, shifts: str, 
     map_blocks(lazy, bf.plan, bf.features, OmeZarrWriter(work / f"deep_{size}.ome.zarr", np.float32, bf.n_features,
                                                          key="bench"), resume=False)
     secs = time.perf_counter() - t0
+    from hrdv2.engine.tiling import tile_starts
+
+    n_tiles = len(tile_starts(size, tile, tile // 8)) ** 2  # each computed once in raster order (TileStore)
     return {"seconds": secs, "peak_gb": _peak_gb(), "blocks": len(bf.plan), "tiles_computed": bf.tiles_computed,
+            "tiles": n_tiles, "strip_gb": bf.strip_bytes / 1e9,
             "backbone": engine.describe(), "channels": bf.n_features}
 
 
@@ -167,7 +206,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--deep-size", type=int, default=1024, help="deep-features image side (0: skip)")
     ap.add_argument("--deep-shifts", default="1,2", help="HR-Dv2 shifts for the deep row ('' = identity only)")
     ap.add_argument("--tile", type=int, default=448)
-    ap.add_argument("--volume-size", type=int, default=128, help="volume side (0: skip)")
+    ap.add_argument("--volume-size", type=int, default=128,
+                    help="volume side (0: skip); the 3-D target is 512: --sizes '' --deep-size 0 --seams-size 0 "
+                         "--volume-size 512 (peak RSS <= 2 GB; ~8 min idle on 2 cores)")
     ap.add_argument("--backbone", default="dinov2_vits14")
     ap.add_argument("--weights", default="random", help="local checkpoint, or 'random' (UNTRAINED: speed/memory only)")
     ap.add_argument("--seams-size", type=int, default=448, help="image side for the tiled-vs-whole cosine (0: skip)")
@@ -191,8 +232,9 @@ def main(argv: list[str] | None = None) -> int:
         make_inputs(work, sorted(set(sizes + ([a.deep_size] if a.deep_size else []))), a.volume_size or 16)
         print(f"inputs made in {time.perf_counter() - t0:.0f} s\n")
         print("| classical apply | block-wise s | Mpx/s | peak RSS | whole-image s | Mpx/s | peak RSS | speed ratio "
-              "| memory ratio | labels equal |")
-        print("|---|---|---|---|---|---|---|---|---|---|")
+              "| memory ratio | labels equal | forest predict s/Mpx: sklearn -> compiled (same labels) | features s/Mpx "
+              "| block-wise CPU s/Mpx | load avg |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         for n in sizes:
             bw = run_child("apply", str(work), str(n), "blockwise", str(a.block_size))
             ref = run_child("apply", str(work), str(n), "whole", "0") if n <= a.reference_max else {}
@@ -209,13 +251,18 @@ def main(argv: list[str] | None = None) -> int:
             fmt = lambda r, k: f"{r[k]:.2f}" if k in r else r.get("error", "not run")[:60]  # noqa: E731
             ratio_t = f"{ref['seconds'] / bw['seconds']:.2f}x" if "seconds" in ref and "seconds" in bw else "-"
             ratio_m = f"{ref['peak_gb'] / bw['peak_gb']:.2f}x less" if "peak_gb" in ref and "peak_gb" in bw else "-"
+            forest = (f"{bw['sklearn_s']:.2f} -> {bw['fast_s']:.2f} ({bw['sklearn_s'] / bw['fast_s']:.1f}x, "
+                      f"{'yes' if bw['same_labels'] else 'NO'})" if "fast_s" in bw else "-")
+            load = "/".join(f"{r['load']:.1f}" for r in (bw, ref) if "load" in r)
             print(f"| {n}^2 | {fmt(bw, 'seconds')} | {fmt(bw, 'mpx_s')} | {fmt(bw, 'peak_gb')} GB | {fmt(ref, 'seconds')} "
-                  f"| {fmt(ref, 'mpx_s')} | {fmt(ref, 'peak_gb')} GB | {ratio_t} | {ratio_m} | {equal} |", flush=True)
+                  f"| {fmt(ref, 'mpx_s')} | {fmt(ref, 'peak_gb')} GB | {ratio_t} | {ratio_m} | {equal} | {forest} "
+                  f"| {fmt(bw, 'features_s')} | {fmt(bw, 'cpu_s_mpx')} | {load} |", flush=True)
         if a.deep_size:
             r = run_child("deep", str(work), str(a.deep_size), a.backbone, a.weights, a.deep_shifts, "0", str(a.tile))
             print(f"\ndeep features {a.deep_size}^2 -> OME-Zarr (shifts {a.deep_shifts or 'none'}, tile {a.tile}): "
                   + (f"{r['seconds']:.1f} s, peak RSS {r['peak_gb']:.2f} GB, {r['blocks']} blocks, {r['tiles_computed']} "
-                     f"tile passes, {r['channels']} channels, {r['backbone']}" if "seconds" in r else r["error"]), flush=True)
+                     f"tile passes for {r['tiles']} tiles (strips held <= {r['strip_gb']:.2f} GB), {r['channels']} channels, "
+                     f"{r['backbone']}" if "seconds" in r else r["error"]), flush=True)
         if a.volume_size:
             r = run_child("volume", str(work), str(a.volume_size), "128")
             print(f"volume {a.volume_size}^3 uint8, 3-D filters, model from two labelled slices: "

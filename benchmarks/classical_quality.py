@@ -13,7 +13,8 @@ per-image percentile stretch (the normalisation study in docs/segmentation.md).
 ``tuned`` marks the sets looked at while choosing auto's candidates and the normalisation;
 the others are held out from that tuning.
 
-Usage: python benchmarks/classical_quality.py [--sets a,b] [--budget 20] [--json out.json]
+Usage: python benchmarks/classical_quality.py [--sets a,b] [--budget 20] [--json out.json] [--ranking]
+(``--ranking``: every auto candidate's CV score next to its test score, per set.)
 """
 
 from __future__ import annotations
@@ -102,16 +103,75 @@ def _hrdv2(s: dict, n_cls: int, method: str, budget: float) -> tuple[float, list
     return mean_iou(sum(cms)), [mean_iou(c) for c in cms], note
 
 
+def _ranking(s: dict, n_cls: int, budget: float) -> list[tuple[str, float, float]]:
+    """(candidate, CV mIoU, test mIoU) for every candidate auto scored, and its ensemble: how well
+    the CV score (training scribbles only) ranks what the test images say. Every candidate is
+    fitted as Segmenter fits it (same sampled pixels), on channels of one union feature map."""
+    from hrdv2.features.auto import AutoChoice, candidates, fit_ensemble
+    from hrdv2.features.classical import feature_names, resolve_filters
+    from hrdv2.segmentation.sampling import balanced_sample
+    from hrdv2.segmentation.segmenter import make_classifier
+
+    seg = Segmenter("auto", auto_budget_s=budget).fit([im for im, _ in s["train"]], [sc for _, sc in s["train"]])
+    cands = {m.key: m for m in candidates()}
+    union = resolve_filters(",".join(f for m in cands.values() for f in m.filters))
+    sig = max((m.sigmas for m in cands.values()), key=len)
+    engine = Segmenter(FeatureConfig(filters=union, sigmas=sig))
+    n_ch = 1 if s["train"][0][0].ndim == 2 else s["train"][0][0].shape[-1]
+    index = {n: j for j, n in enumerate(feature_names(n_ch, sig, union))}
+    picks = balanced_sample([sc for _, sc in s["train"]], seg.max_samples, 0)
+    maps = [engine.featurise(im) for im, _ in s["train"]]
+    x = np.concatenate([m.reshape(-1, m.shape[-1])[r] for m, (r, _) in zip(maps, picks)])
+    y = np.concatenate([lab for _, lab in picks])
+    tests = [(engine.featurise(im), gt) for _, im, gt in s["test"]]
+
+    def score(model, cols) -> float:
+        cms = [confusion_matrix(model.classes_[np.argmax(model.predict_proba(f.reshape(-1, f.shape[-1])[:, cols]), 1)]
+                                .reshape(gt.shape), gt, n_cls) for f, gt in tests]
+        return mean_iou(sum(cms))
+
+    out = []
+    for key, cv in seg.auto_choice_.scores.items():
+        if key.startswith("ensemble("):
+            members = tuple(cands[k] for k in key[len("ensemble("):-1].split("|"))
+            filt = resolve_filters(",".join(f for m in members for f in m.filters))
+            choice = AutoChoice("ensemble", filt, max((m.sigmas for m in members), key=len), "random_forest", "auto",
+                                cv, "", members=members)
+            cols = [index[n] for n in feature_names(n_ch, choice.sigmas, filt)]
+            model = fit_ensemble(choice, x[:, cols], y, n_ch, 0)
+        else:
+            m = cands[key]
+            cols = [index[n] for n in feature_names(n_ch, m.sigmas, m.filters)]
+            model = make_classifier(m.classifier, 0, **dict(m.params)).fit(x[:, cols], y)
+        out.append((key, cv, score(model, cols)))
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", type=Path, default=DATA)
     ap.add_argument("--sets", default=None, help="comma-separated subset of the set names")
     ap.add_argument("--budget", type=float, default=20.0, help="auto's time budget per set (s)")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--ranking", action="store_true",
+                    help="instead: per set, every auto candidate's CV mIoU against its test mIoU")
     args = ap.parse_args()
     sets = build_sets(args.data)
     if args.sets:
         sets = {k: v for k, v in sets.items() if k in args.sets.split(",")}
+    if args.ranking:
+        from scipy.stats import spearmanr
+
+        for name, s in sets.items():
+            n_cls = max(int(max(sc.max() for _, sc in s["train"])), int(max(g.max() for _, _, g in s["test"])))
+            rows = _ranking(s, n_cls, args.budget)
+            rho = spearmanr([r[1] for r in rows], [r[2] for r in rows]).statistic
+            best_cv, best_test = max(rows, key=lambda r: r[1]), max(rows, key=lambda r: r[2])
+            print(f"{name}: Spearman(CV, test) {rho:.2f} over {len(rows)} candidates; best by CV {best_cv[0]} "
+                  f"(test {best_cv[2]:.3f}), best on test {best_test[0]} ({best_test[2]:.3f})", flush=True)
+            for key, cv, test in sorted(rows, key=lambda r: -r[1]):
+                print(f"    {key:<72} CV {cv:.3f}  test {test:.3f}", flush=True)
+        return
     results = {}
     for name, s in sets.items():
         n_cls = max(int(max(sc.max() for _, sc in s["train"])), int(max(g.max() for _, _, g in s["test"])))

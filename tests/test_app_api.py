@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+from app_helpers import png, wait_job
 from fastapi.testclient import TestClient
 from PIL import Image
 
@@ -25,30 +26,15 @@ from hrdv2.io import read_labels
 
 
 
-def _png(arr: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def _wait(client: TestClient, job: dict, timeout: float = 120) -> dict:
-    deadline = time.time() + timeout
-    while job["state"] not in ("done", "failed", "cancelled"):
-        assert time.time() < deadline, f"job {job} did not finish in {timeout} s"
-        time.sleep(0.05)
-        job = client.get(f"/api/jobs/{job['id']}").json()
-    return job
-
-
 @pytest.fixture
 def dirs(tmp_path, micrograph) -> tuple[Path, Path]:
     data = tmp_path / "data"
     (data / "sub").mkdir(parents=True)
-    (data / "crop.png").write_bytes(_png(micrograph[0]))
-    (data / "sub" / "nested.png").write_bytes(_png(micrograph[0][:64, :64]))
+    (data / "crop.png").write_bytes(png(micrograph[0]))
+    (data / "sub" / "nested.png").write_bytes(png(micrograph[0][:64, :64]))
     (data / "notes.txt").write_text("not an image")
     (data / "fake.png").write_text("not an image either")
-    (tmp_path / "secret.png").write_bytes(_png(micrograph[0][:32, :32]))
+    (tmp_path / "secret.png").write_bytes(png(micrograph[0][:32, :32]))
     (data / "escape.png").symlink_to(tmp_path / "secret.png")
     (data / "loop").symlink_to(data / "loop")
     return tmp_path / "projects", data
@@ -99,10 +85,10 @@ def trained(client, micrograph):
     image, gt = micrograph
     p = _project(client)
     client.patch(f"/api/projects/{p['id']}", json={"classifier": "logistic"})
-    img = _upload(client, p["id"], _png(image))[0]
+    img = _upload(client, p["id"], png(image))[0]
     classes = _two_classes(client, p["id"])
     _paint_from_gt(client, img["id"], gt, classes)
-    job = _wait(client, client.post(f"/api/projects/{p['id']}/train", json={"image_id": img["id"]}).json())
+    job = wait_job(client, client.post(f"/api/projects/{p['id']}/train", json={"image_id": img["id"]}).json())
     assert job["state"] == "done", job
     return p, img, classes
 
@@ -171,7 +157,7 @@ def test_classes_add_rename_recolour_delete(client, micrograph):
     assert (a["value"], b["value"], a["color"]) == (1, 2, "#ff0000")
     r = client.patch(f"/api/classes/{a['id']}", json={"name": "gamma prime", "color": "#0000ff"})
     assert r.json()["name"] == "gamma prime" and r.json()["color"] == "#0000ff"
-    img = _upload(client, p["id"], _png(micrograph[0]))[0]
+    img = _upload(client, p["id"], png(micrograph[0]))[0]
     client.post(f"/api/images/{img['id']}/strokes", json={"tool": "brush", "class_id": a["id"], "radius": 3, "points": [[5, 5]]})
     client.post(f"/api/images/{img['id']}/strokes", json={"tool": "brush", "class_id": b["id"], "radius": 3, "points": [[50, 50]]})
     r = client.delete(f"/api/classes/{a['id']}")
@@ -199,7 +185,7 @@ def test_class_refusals(client):
 def test_upload_formats_and_pages(client, micrograph):
     image = micrograph[0]
     p = _project(client)
-    grey = _upload(client, p["id"], _png(image), "grey.png")
+    grey = _upload(client, p["id"], png(image), "grey.png")
     assert len(grey) == 1 and (grey[0]["width"], grey[0]["height"], grey[0]["channels"]) == (160, 160, 1)
     rgb = np.stack([image, 255 - image, image // 2], axis=-1)
     buf = io.BytesIO()
@@ -230,7 +216,7 @@ def test_upload_refusals(dirs, micrograph):
     with TestClient(create_app(dirs[0], max_upload_bytes=20_000, max_pixels=100_000)) as c:
         p = _project(c)
         noise = np.random.default_rng(0).integers(0, 255, (200, 200), dtype=np.uint8)
-        r = c.post(f"/api/projects/{p['id']}/images", files={"file": ("big.png", _png(noise), "image/png")})
+        r = c.post(f"/api/projects/{p['id']}/images", files={"file": ("big.png", png(noise), "image/png")})
         assert r.status_code == 413 and "limit" in r.json()["detail"]
         _upload(c, p["id"], b"hello, I am text pretending" * 10, "evil.png", status=415)
         _upload(c, p["id"], b"\x89PNG\r\n\x1a\n" + b"\x00" * 200, "broken.png", status=415)
@@ -238,8 +224,8 @@ def test_upload_refusals(dirs, micrograph):
         huge = io.BytesIO()
         Image.fromarray(np.zeros((400, 400), np.uint8)).save(huge, format="PNG")  # compresses tiny, 160k px
         _upload(c, p["id"], huge.getvalue(), "bomb.png", status=413)
-        _upload(c, 999, _png(micrograph[0][:20, :20]), status=404)
-        ok = _upload(c, p["id"], _png(micrograph[0][:40, :40]), "../../etc/passwd.png")
+        _upload(c, 999, png(micrograph[0][:20, :20]), status=404)
+        ok = _upload(c, p["id"], png(micrograph[0][:40, :40]), "../../etc/passwd.png")
         assert ok[0]["name"] == "passwd.png"  # the client's name is a label, never a path
         assert not any(Path(dirs[0]).rglob("passwd.png"))
         assert c.get("/api/images/999").status_code == 404
@@ -277,7 +263,7 @@ def test_data_folder_absent(dirs):
 # -- strokes ---------------------------------------------------------------------------------
 def test_strokes_paint_erase_undo_redo(client, micrograph):
     p = _project(client)
-    img = _upload(client, p["id"], _png(micrograph[0]))[0]
+    img = _upload(client, p["id"], png(micrograph[0]))[0]
     a, b = _two_classes(client, p["id"])
     url = f"/api/images/{img['id']}"
     s1 = client.post(f"{url}/strokes", json={"tool": "brush", "class_id": a["id"], "radius": 3, "points": [[10, 10], [40, 10]]})
@@ -315,7 +301,7 @@ def test_strokes_paint_erase_undo_redo(client, micrograph):
 ])
 def test_malformed_strokes_refused(client, micrograph, body):
     p = _project(client)
-    img = _upload(client, p["id"], _png(micrograph[0]))[0]
+    img = _upload(client, p["id"], png(micrograph[0]))[0]
     a, _ = _two_classes(client, p["id"])
     body = {k: (a["id"] if v == "CLS" else v) for k, v in body.items()}
     r = client.post(f"/api/images/{img['id']}/strokes", content=json.dumps(body), headers={"Content-Type": "application/json"})
@@ -325,7 +311,7 @@ def test_malformed_strokes_refused(client, micrograph, body):
 
 def test_stroke_refusals_unknown_ids(client, micrograph):
     p, q = _project(client), _project(client, "other")
-    img = _upload(client, p["id"], _png(micrograph[0]))[0]
+    img = _upload(client, p["id"], png(micrograph[0]))[0]
     foreign, _ = _two_classes(client, q["id"])
     stroke = {"tool": "brush", "class_id": 999, "radius": 3, "points": [[1, 1]]}
     assert client.post(f"/api/images/{img['id']}/strokes", json=stroke).status_code == 404
@@ -348,7 +334,7 @@ def test_stroke_refusals_unknown_ids(client, micrograph):
 # -- jobs, features, training, prediction, exports -------------------------------------------
 def test_features_job_progress_events_and_cache(client, micrograph, dirs):
     p = _project(client)
-    img = _upload(client, p["id"], _png(micrograph[0]))[0]
+    img = _upload(client, p["id"], png(micrograph[0]))[0]
     job = client.post(f"/api/images/{img['id']}/features").json()
     with client.stream("GET", f"/api/jobs/{job['id']}/events") as stream:
         events = [json.loads(line[6:]) for line in stream.iter_lines() if line.startswith("data: ")]
@@ -358,7 +344,7 @@ def test_features_job_progress_events_and_cache(client, micrograph, dirs):
     cache = Path(dirs[0]) / "cache" / "features"
     cached = sorted(p.name for p in cache.rglob("*") if p.is_file())
     assert cached, "features were not written to the on-disk cache"
-    again = _wait(client, client.post(f"/api/images/{img['id']}/features").json())
+    again = wait_job(client, client.post(f"/api/images/{img['id']}/features").json())
     assert again["state"] == "done" and sorted(p.name for p in cache.rglob("*") if p.is_file()) == cached
 
 
@@ -376,18 +362,18 @@ def test_cancel_job(client):
     assert started.wait(5)
     r = client.post(f"/api/jobs/{job.id}/cancel")
     assert r.status_code == 200
-    final = _wait(client, client.get(f"/api/jobs/{job.id}").json(), timeout=5)
+    final = wait_job(client, client.get(f"/api/jobs/{job.id}").json(), timeout=5)
     assert final["state"] == "cancelled" and final["result"] is None
 
 
 def test_train_refuses_without_two_classes(client, micrograph):
     p = _project(client)
-    img = _upload(client, p["id"], _png(micrograph[0]))[0]
+    img = _upload(client, p["id"], png(micrograph[0]))[0]
     a, _ = _two_classes(client, p["id"])
-    job = _wait(client, client.post(f"/api/projects/{p['id']}/train", json={}).json())
+    job = wait_job(client, client.post(f"/api/projects/{p['id']}/train", json={}).json())
     assert job["state"] == "failed" and "paint" in job["error"]
     client.post(f"/api/images/{img['id']}/strokes", json={"tool": "brush", "class_id": a["id"], "radius": 3, "points": [[5, 5]]})
-    job = _wait(client, client.post(f"/api/projects/{p['id']}/train", json={"image_id": img["id"]}).json())
+    job = wait_job(client, client.post(f"/api/projects/{p['id']}/train", json={"image_id": img["id"]}).json())
     assert job["state"] == "failed" and "two classes" in job["error"] and "particle" in job["error"]
     assert client.get(f"/api/images/{img['id']}/prediction").status_code == 404
     assert client.post(f"/api/projects/{p['id']}/apply").status_code == 422
@@ -422,9 +408,9 @@ def test_train_predict_overlay(client, trained, micrograph):
 def test_apply_all_exports_and_model_file(client, trained, micrograph, tmp_path):
     p, img, classes = trained
     image, _ = micrograph
-    other = _upload(client, p["id"], _png(np.ascontiguousarray(image[::-1])), "flipped.png")[0]
+    other = _upload(client, p["id"], png(np.ascontiguousarray(image[::-1])), "flipped.png")[0]
     assert client.get(f"/api/images/{other['id']}/prediction").status_code == 404
-    job = _wait(client, client.post(f"/api/projects/{p['id']}/apply").json())
+    job = wait_job(client, client.post(f"/api/projects/{p['id']}/apply").json())
     assert job["state"] == "done" and job["result"]["n_images"] == 2
     rows = list(csv.DictReader(io.StringIO(client.get(f"/api/projects/{p['id']}/phase_fractions.csv").text)))
     assert [(r["file"], r["page"]) for r in rows] == [("img.png", "0"), ("flipped.png", "0")]
@@ -448,7 +434,7 @@ def test_apply_all_exports_and_model_file(client, trained, micrograph, tmp_path)
     from hrdv2.cli.main import cli
 
     (tmp_path / "in").mkdir()
-    (tmp_path / "in" / "img.png").write_bytes(_png(image))
+    (tmp_path / "in" / "img.png").write_bytes(png(image))
     run = CliRunner().invoke(cli, ["apply", str(tmp_path / "m.skops"), str(tmp_path / "in"), "--out", str(tmp_path / "out")])
     assert run.exit_code == 0, run.output
     assert np.array_equal(read_labels(next((tmp_path / "out").glob("img*.png"))), served)
@@ -457,9 +443,9 @@ def test_apply_all_exports_and_model_file(client, trained, micrograph, tmp_path)
     # predict endpoint (an image opened after training) refreshes a stale prediction
     client.post(f"/api/images/{img['id']}/strokes",
                 json={"tool": "brush", "class_id": classes[1]["id"], "radius": 2, "points": [[150, 150]]})
-    job = _wait(client, client.post(f"/api/projects/{p['id']}/train", json={}).json())
+    job = wait_job(client, client.post(f"/api/projects/{p['id']}/train", json={}).json())
     assert job["state"] == "done" and client.get(f"/api/images/{other['id']}").json()["prediction_version"] == 1
-    job = _wait(client, client.post(f"/api/images/{other['id']}/predict").json())
+    job = wait_job(client, client.post(f"/api/images/{other['id']}/predict").json())
     assert job["state"] == "done" and client.get(f"/api/images/{other['id']}").json()["prediction_version"] == 2
 
 
@@ -477,10 +463,10 @@ def test_everything_survives_a_restart(dirs, micrograph):
     image, gt = micrograph
     with TestClient(create_app(dirs[0], dirs[1])) as c:
         p = _project(c)
-        img = _upload(c, p["id"], _png(image))[0]
+        img = _upload(c, p["id"], png(image))[0]
         classes = _two_classes(c, p["id"])
         _paint_from_gt(c, img["id"], gt, classes)
-        assert _wait(c, c.post(f"/api/projects/{p['id']}/train", json={"image_id": img["id"]}).json())["state"] == "done"
+        assert wait_job(c, c.post(f"/api/projects/{p['id']}/train", json={"image_id": img["id"]}).json())["state"] == "done"
         strokes = c.get(f"/api/images/{img['id']}/strokes").json()
         labels = c.get(f"/api/images/{img['id']}/labels.png").content
     cache_files = sorted(f for f in (Path(dirs[0]) / "cache").rglob("*") if f.is_file())
@@ -488,7 +474,7 @@ def test_everything_survives_a_restart(dirs, micrograph):
         assert c.get(f"/api/images/{img['id']}/strokes").json() == strokes
         assert c.get(f"/api/images/{img['id']}/labels.png").content == labels
         assert [x["name"] for x in c.get(f"/api/projects/{p['id']}/classes").json()] == ["particle", "matrix"]
-        job = _wait(c, c.post(f"/api/projects/{p['id']}/apply").json())  # model loaded from its skops file
+        job = wait_job(c, c.post(f"/api/projects/{p['id']}/apply").json())  # model loaded from its skops file
         assert job["state"] == "done"
         assert c.get(f"/api/images/{img['id']}/labels.png").content == labels
     assert sorted(f for f in (Path(dirs[0]) / "cache").rglob("*") if f.is_file()) == cache_files  # no recompute
@@ -527,10 +513,10 @@ def test_serve_cli_warns_off_loopback(monkeypatch, dirs, tmp_path):
 def test_rgb_image_in_a_grey_project_is_skipped_with_the_reason(client, trained, micrograph):
     p, img, _ = trained
     grey = micrograph[0]
-    rgb = _upload(client, p["id"], _png(np.stack([grey, grey // 2, 255 - grey], axis=-1)), "colour.png")[0]
-    job = _wait(client, client.post(f"/api/projects/{p['id']}/train", json={"image_id": rgb["id"]}).json())
+    rgb = _upload(client, p["id"], png(np.stack([grey, grey // 2, 255 - grey], axis=-1)), "colour.png")[0]
+    job = wait_job(client, client.post(f"/api/projects/{p['id']}/train", json={"image_id": rgb["id"]}).json())
     assert job["state"] == "done" and job["result"]["image_id"] is None and "channel" in job["result"]["note"]
-    job = _wait(client, client.post(f"/api/projects/{p['id']}/apply").json())
+    job = wait_job(client, client.post(f"/api/projects/{p['id']}/apply").json())
     assert job["state"] == "done" and job["result"]["n_images"] == 1
     assert [s["name"] for s in job["result"]["skipped"]] == ["colour.png"]
     rows = list(csv.DictReader(io.StringIO(client.get(f"/api/projects/{p['id']}/phase_fractions.csv").text)))
@@ -539,11 +525,11 @@ def test_rgb_image_in_a_grey_project_is_skipped_with_the_reason(client, trained,
 
 def test_download_of_an_image_with_a_non_ascii_name(client, trained, dirs, micrograph):
     p, _, _ = trained
-    (dirs[1] / "µm_échantillon.png").write_bytes(_png(micrograph[0][:, ::-1].copy()))
+    (dirs[1] / "µm_échantillon.png").write_bytes(png(micrograph[0][:, ::-1].copy()))
     added = client.post(f"/api/projects/{p['id']}/images/from-data", json={"path": "µm_échantillon.png"})
     assert added.status_code == 201 and added.json()[0]["name"] == "µm_échantillon.png"
     iid = added.json()[0]["id"]
-    assert _wait(client, client.post(f"/api/images/{iid}/predict").json())["state"] == "done"
+    assert wait_job(client, client.post(f"/api/images/{iid}/predict").json())["state"] == "done"
     r = client.get(f"/api/images/{iid}/labels.png")
     assert r.status_code == 200 and r.headers["content-disposition"] == 'attachment; filename="_m__chantillon_labels.png"'
     assert client.get(f"/api/images/{iid}/probabilities.tif").status_code == 200
@@ -584,7 +570,7 @@ def test_largest_id_is_a_plain_404(client):
 
 def test_ids_in_bodies_are_bounded(client, micrograph):
     p = _project(client)
-    img = _upload(client, p["id"], _png(micrograph[0]))[0]
+    img = _upload(client, p["id"], png(micrograph[0]))[0]
     for bad in (2**63, 10**30, 0, -5):
         r = client.post(f"/api/images/{img['id']}/strokes", json={"tool": "brush", "class_id": bad, "radius": 2, "points": [[3, 3]]})
         assert r.status_code == 422 and r.json()["detail"][0]["loc"][-1] == "class_id", r.text
@@ -641,7 +627,7 @@ def test_a_maximal_stroke_is_drawn_in_bounded_time(client, micrograph):
 
     big = np.tile(micrograph[0], (3, 3))  # 480 x 480
     p = _project(client)
-    img = _upload(client, p["id"], _png(big))[0]
+    img = _upload(client, p["id"], png(big))[0]
     a, b = _two_classes(client, p["id"])
     t = np.linspace(0, 1, MAX_STROKE_POINTS)
     corner = np.stack([20 + 19 * np.cos(173 * t), 20 + 19 * np.sin(211 * t)], axis=1)  # a dense scribble near (20, 20)
@@ -672,7 +658,7 @@ def test_a_maximal_stroke_is_drawn_in_bounded_time(client, micrograph):
 def test_a_stroke_too_costly_to_draw_is_refused_at_once(client):
     """Only a huge, dense stroke over a large image is left over; it is refused before storing."""
     p = _project(client)
-    img = _upload(client, p["id"], _png(np.zeros((2000, 2000), np.uint8)), "large.png")[0]
+    img = _upload(client, p["id"], png(np.zeros((2000, 2000), np.uint8)), "large.png")[0]
     a, _ = _two_classes(client, p["id"])
     scatter = np.random.default_rng(0).uniform(0, 2000, (20000, 2)).round(2).tolist()
     start = time.perf_counter()
@@ -696,7 +682,7 @@ def test_at_most_255_classes(client, micrograph):
     r = client.post(f"/api/projects/{p['id']}/classes", json={"name": "one too many", "color": "#abcdef"})
     assert r.status_code == 422 and "255" in r.json()["detail"] and "delete a class" in r.json()["detail"]
     assert len(client.get(f"/api/projects/{p['id']}/classes").json()) == 255
-    img = _upload(client, p["id"], _png(micrograph[0]))[0]
+    img = _upload(client, p["id"], png(micrograph[0]))[0]
     client.post(f"/api/images/{img['id']}/strokes", json={"tool": "brush", "class_id": top.json()["id"], "radius": 2, "points": [[9, 9]]})
     scr = np.asarray(Image.open(io.BytesIO(client.get(f"/api/images/{img['id']}/scribbles.png").content)))
     assert scr[9, 9] == 255 and scr.dtype == np.uint8
@@ -707,7 +693,7 @@ def test_at_most_255_classes(client, micrograph):
 def test_deleting_a_class_drops_stored_predictions(client, trained):
     p, img, classes = trained
     s = client.app.state.hrdv2
-    assert _wait(client, client.post(f"/api/projects/{p['id']}/apply").json())["state"] == "done"
+    assert wait_job(client, client.post(f"/api/projects/{p['id']}/apply").json())["state"] == "done"
     iid = img["id"]
     for path in ("labels.png", "prediction", "probabilities.tif"):
         assert client.get(f"/api/images/{iid}/{path}").status_code == 200
@@ -817,7 +803,7 @@ def test_changed_feature_settings_never_meet_the_old_model(client, trained, micr
     # prediction still featurises with the model's classical config, so it needs no weights and
     # gives the same labels
     client.app.state.hrdv2.store.update_project(p["id"], features=FeatureSettings(kind="deep", stride=7))
-    job = _wait(client, client.post(f"/api/images/{img['id']}/predict").json())
+    job = wait_job(client, client.post(f"/api/images/{img['id']}/predict").json())
     assert job["state"] == "done", job
     assert client.get(f"/api/images/{img['id']}/labels.png").content == labels_before
     # through the engine (what PATCH does) the change retires the model and its predictions
@@ -831,7 +817,7 @@ def test_changed_feature_settings_never_meet_the_old_model(client, trained, micr
     # a settings change that leaves the features as they are keeps the model
     r = client.patch(f"/api/projects/{p['id']}", json={"features": {"kind": "classical"}})
     assert r.status_code == 200
-    job = _wait(client, client.post(f"/api/projects/{p['id']}/train", json={"image_id": img["id"]}).json())
+    job = wait_job(client, client.post(f"/api/projects/{p['id']}/train", json={"image_id": img["id"]}).json())
     assert job["state"] == "done", job
     r = client.patch(f"/api/projects/{p['id']}", json={"features": {"kind": "classical", "stride": 7}})
     assert r.status_code == 200 and r.json()["has_model"] is True

@@ -10,75 +10,30 @@ from __future__ import annotations
 
 import csv
 import io
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
+from app_helpers import canvas_rgba, chromium, serve
 
 pytestmark = pytest.mark.browser
 
-REPO = Path(__file__).resolve().parents[1]
-ARTIFACTS = REPO / "test-artifacts"
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-]
+ARTIFACTS = Path(__file__).resolve().parents[1] / "test-artifacts"
 PARTICLE, MATRIX = "#ff2d55", "#2dd4bf"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory, shared_data):
-    """`hrdv2 serve` in a subprocess on a free loopback port, stopped after the module."""
-    import httpx
-
-    project_dir = tmp_path_factory.mktemp("app-projects")
-    port = _free_port()
-    log = open(project_dir.parent / "server.log", "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "hrdv2.cli.main", "serve", "--project-dir", str(project_dir),
-         "--data", str(shared_data / "superalloy"), "--port", str(port)],
-        stdout=log, stderr=subprocess.STDOUT, cwd=REPO,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
-    while True:
-        assert proc.poll() is None, f"server exited early: {(project_dir.parent / 'server.log').read_text()}"
-        try:
-            if httpx.get(f"{base}/api/health", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        assert time.time() < deadline, "server did not answer /api/health within 60 s"
-        time.sleep(0.2)
-    yield base
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+    """`hrdv2 serve` with the superalloy folder as its server-side data, stopped after the module."""
+    with serve(tmp_path_factory.mktemp("app"), data=shared_data / "superalloy") as base:
+        yield base
 
 
 @pytest.fixture(scope="module")
 def browser():
-    assert Path(CHROMIUM).exists(), f"{CHROMIUM} missing: run .ci/install-browser.sh (apt-get install chromium)"
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+    with chromium() as b:
         yield b
-        b.close()
 
 
 def _stroke_plan(gt: np.ndarray) -> dict[int, list[list[tuple[float, float]]]]:
@@ -113,16 +68,6 @@ def _paint(page, points, width):
     for x, y in points[1:]:
         page.mouse.move(*_to_screen(page, x, y, width), steps=6)
     page.mouse.up()
-
-
-def _canvas_rgba(page, selector: str) -> np.ndarray:
-    """The whole canvas as the page shows it, (H, W, 4) uint8."""
-    import base64
-
-    from PIL import Image
-
-    url = page.evaluate("(sel) => document.querySelector(sel).toDataURL('image/png')", selector)
-    return np.asarray(Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).convert("RGBA"))
 
 
 def _canvas_colours(page, selector: str, points: list[tuple[int, int]]) -> list[list[int]]:
@@ -252,7 +197,7 @@ def test_paint_train_reload_apply_download(server, browser, shared_data, tmp_pat
     page.click("#train")
     page.wait_for_function("document.querySelector('#overlay').dataset.state === 'ready'", timeout=180_000)
     assert "train" in page.evaluate("window.__jobKinds")
-    overlay = _canvas_rgba(page, "#overlay")
+    overlay = canvas_rgba(page, "#overlay")
     assert overlay.shape == (height, width, 4) and (overlay[..., 3] == 255).all()
     for value, colour in ((1, PARTICLE), (2, MATRIX)):
         under = overlay[scribbles == value]

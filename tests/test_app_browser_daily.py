@@ -8,65 +8,29 @@ from __future__ import annotations
 
 import io
 import json
-import socket
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
+from app_helpers import canvas_rgba, chromium, serve
 from PIL import Image
 
 pytestmark = pytest.mark.browser
 
-REPO = Path(__file__).resolve().parents[1]
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 SIDE = 160
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    import httpx
-
-    root = tmp_path_factory.mktemp("daily")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    log = open(root / "server.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "hrdv2.cli.main", "serve", "--project-dir", str(root / "projects"),
-                             "--port", str(port)], stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 60
-    while True:
-        assert proc.poll() is None, (root / "server.log").read_text()
-        try:
-            if httpx.get(f"{base}/api/health", timeout=1).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        assert time.time() < deadline, "server did not start"
-        time.sleep(0.2)
-    yield base
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+    """`hrdv2 serve` without a server-side data folder, stopped after the module."""
+    with serve(tmp_path_factory.mktemp("daily")) as base:
+        yield base
 
 
 @pytest.fixture(scope="module")
 def browser():
-    from playwright.sync_api import sync_playwright
-
-    assert Path(CHROMIUM).exists(), f"{CHROMIUM} missing: run `make browser`"
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=ARGS)
+    with chromium() as b:
         yield b
-        b.close()
 
 
 @pytest.fixture(scope="module")
@@ -134,10 +98,7 @@ def _scribbles(page, server, iid) -> np.ndarray:
 
 
 def _overlay(page) -> np.ndarray:
-    import base64
-
-    url = page.evaluate("document.querySelector('#overlay').toDataURL('image/png')")
-    return np.asarray(Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).convert("RGB"))
+    return canvas_rgba(page, "#overlay")[..., :3]
 
 
 def test_import_train_crf_toggle_and_lasso(server, browser, files):

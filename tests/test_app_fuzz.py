@@ -9,16 +9,15 @@ test takes well under a minute and fails the same way twice.
 
 from __future__ import annotations
 
-import io
 import sqlite3
 import time
 
 import numpy as np
 import schemathesis
+from app_helpers import png
 from fastapi.testclient import TestClient
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis.errors import Unsatisfiable
-from PIL import Image
 from schemathesis import GenerationMode
 
 from hrdv2.app.server import create_app
@@ -26,12 +25,6 @@ from hrdv2.io import read_image
 
 EXAMPLES = {GenerationMode.POSITIVE: 10, GenerationMode.NEGATIVE: 12}  # per operation and run: ~1000 requests, ~25 s
 BUDGET_S = 180.0  # a guard against a hang, far above the usual run (~65 s on an idle 2-core machine)
-
-
-def _png(arr: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def _without_lifespan(app):
@@ -60,7 +53,7 @@ def _seed(client: TestClient, image: np.ndarray) -> dict[str, object]:
     client.patch(f"/api/projects/{pid}", json={"classifier": "logistic"})
     a = client.post(f"/api/projects/{pid}/classes", json={"name": "dark", "color": "#ff0000"}).json()
     b = client.post(f"/api/projects/{pid}/classes", json={"name": "bright", "color": "#00ff00"}).json()
-    iid = client.post(f"/api/projects/{pid}/images", files={"file": ("m.png", _png(image), "image/png")}).json()[0]["id"]
+    iid = client.post(f"/api/projects/{pid}/images", files={"file": ("m.png", png(image), "image/png")}).json()[0]["id"]
     for cls, y in ((a, 10), (b, 50)):
         r = client.post(f"/api/images/{iid}/strokes", json={"tool": "brush", "class_id": cls["id"], "radius": 3,
                                                               "points": [[5, y], [60, y]]})
@@ -80,7 +73,7 @@ def test_fuzz_api_no_server_errors_and_store_intact(tmp_path, shared_data):
     image = read_image(shared_data / "superalloy" / "isb_1.png")[:64, :64]
     data = tmp_path / "data"
     data.mkdir()
-    (data / "crop.png").write_bytes(_png(image))
+    (data / "crop.png").write_bytes(png(image))
     project_dir = tmp_path / "projects"
     app = create_app(project_dir, data)
     failures: list[str] = []

@@ -11,33 +11,18 @@ from __future__ import annotations
 
 import csv
 import io
-import time
 
 import numpy as np
 import pytest
 import skops.io as sio
 import tifffile
+from app_helpers import png, wait_job
 from fastapi.testclient import TestClient
 from PIL import Image
 
 from hrdv2.app.server import create_app
 from hrdv2.io import read_image, read_labels
 
-
-
-def _png(arr: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    Image.fromarray(arr).save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def _wait(client: TestClient, job: dict, timeout: float = 120) -> dict:
-    deadline = time.time() + timeout
-    while job["state"] not in ("done", "failed", "cancelled"):
-        assert time.time() < deadline, f"job {job} did not finish in {timeout} s"
-        time.sleep(0.05)
-        job = client.get(f"/api/jobs/{job['id']}").json()
-    return job
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +55,7 @@ def _project(client, name="p", classes=("particle", "matrix")) -> tuple[int, lis
 
 
 def _upload(client, pid: int, arr: np.ndarray, name: str = "img.png") -> dict:
-    r = client.post(f"/api/projects/{pid}/images", files={"file": (name, _png(arr), "image/png")})
+    r = client.post(f"/api/projects/{pid}/images", files={"file": (name, png(arr), "image/png")})
     assert r.status_code == 201, r.text
     return r.json()[0]
 
@@ -80,7 +65,7 @@ def _import(client, iid: int, data: bytes, name: str = "labels.png"):
 
 
 def _train(client, pid: int, iid: int) -> dict:
-    job = _wait(client, client.post(f"/api/projects/{pid}/train", json={"image_id": iid}).json())
+    job = wait_job(client, client.post(f"/api/projects/{pid}/train", json={"image_id": iid}).json())
     assert job["state"] == "done", job
     return job
 
@@ -97,7 +82,7 @@ def _scribbles(client, iid: int) -> np.ndarray:
 def trained(client, micrograph, scribble):
     pid, classes = _project(client)
     img = _upload(client, pid, micrograph[0])
-    assert _import(client, img["id"], _png(scribble)).status_code == 201
+    assert _import(client, img["id"], png(scribble)).status_code == 201
     _train(client, pid, img["id"])
     return pid, img, classes
 
@@ -129,10 +114,10 @@ def test_import_refusals(client, micrograph, scribble):
     pid, _ = _project(client)
     img = _upload(client, pid, micrograph[0])
     cases = [
-        (_png(scribble[:100]), 422, "is 160x100 (WxH) but image 'img.png' is 160x160"),
-        (_png(np.where(scribble == 2, 7, scribble).astype(np.uint8)), 422, "class id(s) [7]"),
-        (_png(np.zeros_like(scribble)), 422, "labels no pixel"),
-        (_png(np.dstack([scribble, scribble * 2, scribble])), 422, "single-channel"),
+        (png(scribble[:100]), 422, "is 160x100 (WxH) but image 'img.png' is 160x160"),
+        (png(np.where(scribble == 2, 7, scribble).astype(np.uint8)), 422, "class id(s) [7]"),
+        (png(np.zeros_like(scribble)), 422, "labels no pixel"),
+        (png(np.dstack([scribble, scribble * 2, scribble])), 422, "single-channel"),
         (b"not an image at all", 415, "labels.png"),
     ]
     for data, status, text in cases:
@@ -142,7 +127,7 @@ def test_import_refusals(client, micrograph, scribble):
     jpeg = io.BytesIO()
     Image.fromarray(scribble).save(jpeg, format="JPEG")
     assert _import(client, img["id"], jpeg.getvalue(), "l.jpg").status_code == 415
-    assert _import(client, 999, _png(scribble)).status_code == 404
+    assert _import(client, 999, png(scribble)).status_code == 404
     assert client.get(f"/api/images/{img['id']}/strokes").json() == []  # nothing half-imported
 
 
@@ -209,13 +194,13 @@ def test_crf_toggle_keeps_the_model_and_changes_the_prediction(client, trained):
     assert after["has_model"] is True and after["model_version"] == before["model_version"] + 1
     assert after["crf"]["enabled"] is True and after["crf"]["sxy_bilateral"] == 60
     assert client.get(f"/api/images/{img['id']}").json()["prediction_version"] != after["model_version"]
-    assert _wait(client, client.post(f"/api/images/{img['id']}/predict").json())["state"] == "done"
+    assert wait_job(client, client.post(f"/api/images/{img['id']}/predict").json())["state"] == "done"
     labels_crf = _labels(client, img["id"])
     assert (labels_crf != labels_plain).sum() > 20, "the CRF changed nothing"
     assert client.get(f"/api/projects/{pid}/model").json()["crf"] is True
     # the model file carries the CRF too; switching it off gives the plain prediction back
     client.patch(f"/api/projects/{pid}", json={"crf": {"enabled": False}})
-    assert _wait(client, client.post(f"/api/images/{img['id']}/predict").json())["state"] == "done"
+    assert wait_job(client, client.post(f"/api/images/{img['id']}/predict").json())["state"] == "done"
     assert np.array_equal(_labels(client, img["id"]), labels_plain)
     assert client.patch(f"/api/projects/{pid}", json={"crf": {"enabled": True, "n_iter": 0}}).status_code == 422
 
@@ -236,7 +221,7 @@ def test_load_a_model_from_another_project_predicts_without_training(client, tra
     assert [c["name"] for c in client.get(f"/api/projects/{other}/classes").json()] == ["particle", "matrix"]
     info = client.get(f"/api/projects/{other}/model").json()
     assert info["source"] == "from-p.skops" and info["features"]["kind"] == "classical" and info["matches_settings"]
-    job = _wait(client, client.post(f"/api/images/{target['id']}/predict").json())
+    job = wait_job(client, client.post(f"/api/images/{target['id']}/predict").json())
     assert job["state"] == "done" and job["kind"] == "predict"
     assert np.array_equal(_labels(client, target["id"]), _labels(client, img["id"]))
 
@@ -376,7 +361,7 @@ def test_large_image_tiles_and_blockwise_training_and_prediction(tmp_path, share
             ys, xs = np.nonzero(gt == value)
             near = np.argsort((ys - y) ** 2 + (xs - x) ** 2)[:60]
             scribble[ys[near], xs[near]] = value
-        assert _import(client, img["id"], _png(scribble)).status_code == 201
+        assert _import(client, img["id"], png(scribble)).status_code == 201
         job = _train(client, pid, img["id"])
         assert job["result"]["image_id"] == img["id"]
         folder = client.app.state.hrdv2.store.root / "projects" / str(pid) / "predictions"

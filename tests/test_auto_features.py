@@ -1,5 +1,7 @@
 """`features="auto"`: folds that never score a pixel whose stroke is in training, the choice on a
-synthetic image where one preset is clearly best, the time budget, and the CLI summary."""
+synthetic image where one preset is clearly best, the ensemble of forests (its merged forest
+equals the average of its members, and round-trips through Segmenter.save / load), the time
+budget, and the CLI summary."""
 
 from __future__ import annotations
 
@@ -9,7 +11,9 @@ import scipy.ndimage as ndi
 from click.testing import CliRunner
 
 from hrdv2.errors import ConfigError
-from hrdv2.features.auto import GAP, image_folds, stroke_folds
+from hrdv2.features import auto
+from hrdv2.features.auto import GAP, AutoChoice, Member, fit_ensemble, image_folds, stroke_folds
+from hrdv2.features.classical import feature_names, resolve_filters
 from hrdv2.io import write_image
 from hrdv2.metrics.segmentation import mean_iou
 from hrdv2.segmentation import Segmenter
@@ -71,11 +75,13 @@ def test_auto_picks_the_structure_tensor_where_only_orientation_coherence_differ
     assert choice.label == "default+structure", choice.scores
     assert "structure" in seg.features.filters and seg.features.kind == "classical"
     # candidates with the structure tensor score clearly above all others; the reported score is the choice's
-    assert choice.cv_miou == choice.scores[f"{choice.label}/{choice.classifier}"]
+    assert choice.cv_miou == choice.scores[f"{choice.label}/{choice.classifier_label}"]
     with_st = max(v for k, v in choice.scores.items() if "structure" in k)
     assert with_st > max(v for k, v in choice.scores.items() if "structure" not in k) + 0.08
     assert mean_iou(seg.predict(img), gt) > 0.75
     assert "auto='default+structure'" in repr(seg) and "cv_miou=" in repr(seg)
+    assert f"auto chose default+structure filters (sigmas 1,2,4,8,16) + {choice.classifier_label}" in choice.summary()
+    assert seg.classifier_params == choice.classifier_params  # e.g. the subsampled forest's 5 % samples
 
 
 def test_budget_stops_after_the_first_candidate_and_model_round_trips(tmp_path):
@@ -103,3 +109,62 @@ def test_cli_train_auto_reports_choice_and_score(tmp_path):
     res = CliRunner().invoke(cli, ["train", "--features", "auto", "--sigmas", "1,2", "--image", str(tmp_path / "a.png"),
                                    "--scribble", str(tmp_path / "a_s.png"), "--out", str(tmp_path / "n.skops")])
     assert res.exit_code != 0 and "--sigmas" in res.output and "auto" in res.output
+
+
+def test_ensemble_forest_is_the_average_of_its_members_on_their_own_channels():
+    """The merged forest reads the union map; each member's trees must see exactly the columns
+    the member was fitted on, so its probabilities equal the members' mean computed separately."""
+    from hrdv2.segmentation.segmenter import make_classifier
+
+    members = (Member("fine", resolve_filters("default"), (1.0, 2.0), "random_forest", "random_forest"),
+               Member("smooth", resolve_filters("intensity,gaussian"), (1.0, 2.0, 4.0), "subsampled_forest",
+                      "random_forest", (("max_samples", 0.2), ("n_estimators", 50))))
+    filters = resolve_filters("default")
+    choice = AutoChoice("ensemble", filters, (1.0, 2.0, 4.0), "random_forest", "auto", 0.0, "", members=members)
+    names = feature_names(1, choice.sigmas, filters)
+    rng = np.random.default_rng(0)
+    x = rng.random((600, len(names))).astype(np.float32)
+    y = np.where(x[:, names.index("gaussian_s4")] + 0.5 * x[:, names.index("dog_s2")] > 0.8, 1, 2)
+    merged = fit_ensemble(choice, x, y, 1, random_state=0)
+    assert merged.n_estimators == 2 * auto.ENSEMBLE_TREES and merged.n_features_in_ == len(names)
+    expected = []
+    for m in members:
+        cols = [names.index(n) for n in feature_names(1, m.sigmas, m.filters)]
+        one = make_classifier("random_forest", 0, **{**dict(m.params), "n_estimators": auto.ENSEMBLE_TREES})
+        expected.append(one.fit(x[:, cols], y).predict_proba(x[:, cols]))
+    np.testing.assert_allclose(merged.predict_proba(x), np.mean(expected, axis=0), atol=1e-6)
+    # "smooth" never sees a Hessian channel: no tree of its half splits on one
+    used = {names[f] for est in merged.estimators_[auto.ENSEMBLE_TREES:] for f in est.tree_.feature if f >= 0}
+    assert used and all(n == "intensity" or n.startswith("gaussian") for n in used)
+
+
+def test_auto_ensemble_is_chosen_when_cv_favours_it_and_round_trips(tmp_path, monkeypatch):
+    img, scr, gt = _texture_pair(96, seed=3)
+    # CV says the ensemble is best (forced here; the rule itself: chosen when it scores >= the best single)
+    monkeypatch.setattr(auto, "_ensemble_score", lambda preds, n: 1.0)
+    monkeypatch.setattr(auto, "candidates", lambda first=auto.candidates: first()[:4])  # 4 forests: quick
+    seg = Segmenter("auto", auto_budget_s=120).fit([img], [scr])
+    c = seg.auto_choice_
+    assert c.label == "ensemble" and len(c.members) == auto.ENSEMBLE_K and c.cv_miou == 1.0
+    forest_keys = sorted((k for k in c.scores if not k.endswith("/logistic") and not k.startswith("ensemble")),
+                         key=lambda k: -c.scores[k])
+    assert [m.key for m in c.members] == forest_keys[: auto.ENSEMBLE_K]  # the best forests by CV
+    assert "auto chose an ensemble of " + ", ".join(f"{m.label} + {m.classifier_label}" for m in c.members) \
+        in c.summary()
+    assert set(seg.features.filters) == {f for m in c.members for f in m.filters}
+    assert seg.model_.n_estimators == auto.ENSEMBLE_K * auto.ENSEMBLE_TREES
+    assert mean_iou(seg.predict(img), gt) > 0.75
+    loaded = Segmenter.load(seg.save(tmp_path / "ens.skops"))  # a plain forest to the safe loader
+    assert loaded.features == seg.features
+    np.testing.assert_array_equal(loaded.predict_proba(img), seg.predict_proba(img))
+
+
+def test_auto_ensemble_is_kept_only_when_cv_does_not_prefer_a_single_candidate(monkeypatch):
+    img, scr, _ = _texture_pair(96, seed=3)
+    monkeypatch.setattr(auto, "_ensemble_score", lambda preds, n: 0.0)
+    monkeypatch.setattr(auto, "candidates", lambda first=auto.candidates: first()[:4])
+    c = Segmenter("auto", auto_budget_s=120).fit([img], [scr]).auto_choice_
+    assert c.label != "ensemble" and not c.members and any(k.startswith("ensemble(") for k in c.scores)
+    assert c.cv_miou == c.scores[f"{c.label}/{c.classifier_label}"]
+    forests = [v for k, v in c.scores.items() if not k.endswith("/logistic") and not k.startswith("ensemble")]
+    assert c.cv_miou >= max(forests) - auto.MARGIN  # a later forest replaces the best only by a margin

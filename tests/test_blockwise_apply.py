@@ -59,7 +59,8 @@ def test_tile_grid_covers_every_pixel_with_positive_weights():
         w[rows, cols] += weight
     assert w.min() > 0
     assert tile_starts(300, 112, 14) == [0, 98, 196] and tile_starts(50, 112, 14) == [0]
-    assert tile_starts(230, 112, 14) == [0, 98, 118]  # a remainder under half a tile: the last tile ends flush
+    assert tile_starts(230, 112, 14) == [0, 98, 196]  # remainder 34 >= 2 * overlap: the last tile is cut
+    assert tile_starts(220, 112, 14) == [0, 98, 108]  # remainder 24 < 2 * overlap: the last tile ends flush
     with pytest.raises(ConfigError, match="overlap"):
         TileGrid((100, 100), tile=20, overlap=14)
 
@@ -85,9 +86,6 @@ def test_blockwise_refusals(alloy, classical_model):
         segment_blockwise(classical_model, image, block_size=8)
     with pytest.raises(ShapeError, match="3"):
         segment_blockwise(classical_model, np.dstack([image] * 3), block_size=32)
-    hybrid = FeatureEngine(FeatureConfig(kind="hybrid"))
-    with pytest.raises(ConfigError, match="hybrid"):
-        BlockFeatures(hybrid, as_lazy(image))
     crf = Segmenter("classical", crf=True).fit([alloy[0]], [alloy[1]])
     with pytest.raises(ConfigError, match="CRF"):
         segment_blockwise(crf, image)

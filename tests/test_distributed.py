@@ -216,3 +216,35 @@ def test_segment_dask_equals_blockwise_and_writes_ome_zarr(client, data, tmp_pat
     assert probs.shape == image.shape + (len(seg.classes_),)
     target = write_ome_zarr(labels, tmp_path / "labels.ome.zarr", key="k")
     np.testing.assert_array_equal(_zarr_level0(target), expected)
+
+
+class _Done:
+    """A finished task as ``as_completed`` hands it over: its exception, ``result()``, ``cancel()``."""
+
+    def __init__(self, exc: BaseException) -> None:
+        self.exc, self.cancelled = exc, False
+
+    def exception(self) -> BaseException:
+        return self.exc
+
+    def result(self) -> None:
+        raise self.exc
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+def test_a_failed_task_is_reported_if_bad_input_and_stops_the_run_if_a_bug():
+    """The one handler both file and block tasks use for failed futures."""
+    from hrdv2.distributed.runner import _user_error
+    from hrdv2.errors import ImageReadError
+
+    bad_input, others = _Done(ImageReadError("crop9.png: not an image")), [_Done(RuntimeError()) for _ in range(3)]
+    assert _user_error(bad_input, [bad_input, *others]) is bad_input.exc
+    assert not any(f.cancelled for f in others)  # the other files / blocks go on
+    for user in (OSError("disk full"), MemoryError()):
+        assert _user_error(_Done(user), others) is user
+    bug = _Done(ZeroDivisionError("division by zero"))
+    with pytest.raises(ZeroDivisionError):
+        _user_error(bug, [bug, *others])
+    assert all(f.cancelled for f in others)  # a bug stops every task

@@ -21,11 +21,14 @@ args = ["train", "--out", d + "/m.skops"]
 for i in range(2):
     args += ["--image", f"{d}/im{i}.png", "--scribble", f"{d}/s{i}.png"]
 cli(args, standalone_mode=False)
+after_train = [m for m in ("tqdm", "tifffile", "imageio", "matplotlib", "dask", "torch", "timm")
+               if m in sys.modules]
 cli(["apply", d + "/m.skops", d + "/im0.png", "--out", d + "/out"], standalone_mode=False)
 from hrdv2.segmentation import Segmenter
 Segmenter.load(d + "/m.skops")
 print(json.dumps({"torch": "torch" in sys.modules, "timm": "timm" in sys.modules,
-                  "seconds": time.perf_counter() - t0}))
+                  "seconds": time.perf_counter() - t0, "after_train": after_train,
+                  "hrdv2_modules": sorted(m for m in sys.modules if m.startswith("hrdv2."))}))
 """
 
 
@@ -42,6 +45,11 @@ def test_classical_train_and_apply_never_import_torch(tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     out = json.loads(res.stdout.strip().splitlines()[-1])
     assert out["torch"] is False and out["timm"] is False, out
+    # train reads PNGs with PIL only, and draws no progress bar off a terminal
+    assert out["after_train"] == [], out
+    # nothing of the deep path, the app or the other workflows
+    for unneeded in ("hrdv2.backbones", "hrdv2.upsample", "hrdv2.app", "hrdv2.unsupervised", "hrdv2.probe"):
+        assert not any(m == unneeded or m.startswith(unneeded + ".") for m in out["hrdv2_modules"]), out
     assert (tmp_path / "out" / "im0_labels.png").is_file()
 
 

@@ -86,9 +86,9 @@ def test_dinov2_layout_head_loads_and_predicts_as_bn_then_conv(tmp_path):
     with pytest.raises(ModelFileError, match="not a linear head"):
         load_head(tmp_path / "ms.pth")
     (tmp_path / "cut.pth").write_bytes((tmp_path / "head.pth").read_bytes()[:100])
-    with pytest.raises(ModelFileError, match="not a readable head checkpoint"):
+    with pytest.raises(ModelFileError, match="cannot be read as a linear-head checkpoint"):
         load_head(tmp_path / "cut.pth")
-    with pytest.raises(ModelFileError, match="not found"):
+    with pytest.raises(ModelFileError, match="does not exist"):
         load_head(tmp_path / "nothing.pth")
 
 

@@ -16,6 +16,7 @@ from hrdv2.cli.presets import (
     PRESETS, TimeEstimate, estimate_message, faster_hints, format_seconds, resolve_preset,
 )
 from hrdv2.engine import transform_set
+from hrdv2.errors import HRDv2Error
 from hrdv2.features.sets import FeatureConfig
 from hrdv2.io import write_image
 from hrdv2.transforms import PublishedCompose
@@ -213,3 +214,21 @@ def test_feature_config_keys_and_published_transform_set():
     tfs = transform_set((1, 2), "moore", flips=True, flip_set="published")
     assert len(tfs) == 68 and sum(isinstance(t, PublishedCompose) for t in tfs) == 16 * 2  # shift x {h, v}
     assert sum(t.name == "identity" for t in tfs) == 2  # the published set counts the identity twice
+
+
+def test_the_library_presets_are_read_from_the_cli_table():
+    """One table: the Python API's unsupervised presets are the CLI presets' extraction values."""
+    from hrdv2.cli.presets import PRESETS as CLI_PRESETS
+    from hrdv2.presets import parse_shifts
+    from hrdv2.unsupervised import PRESETS as LIBRARY_PRESETS
+
+    assert set(LIBRARY_PRESETS) == set(CLI_PRESETS["unsupervised"])
+    for name, cli in CLI_PRESETS["unsupervised"].items():
+        lib = LIBRARY_PRESETS[name]
+        assert (lib["stride"], lib["shifts"], lib["flips"]) == (cli["stride"], parse_shifts(cli["shift_text"]), cli["flips"])
+        assert lib["max_side"] == (cli["max_side"] or None)
+    assert LIBRARY_PRESETS["fast"]["max_side"] == 224 and LIBRARY_PRESETS["paper"]["max_side"] is None
+    with pytest.raises(HRDv2Error, match="'slow' is unknown"):
+        from hrdv2.presets import extraction_settings
+
+        extraction_settings("slow")

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from hrdv2.errors import ConfigError, HRDv2Error, ShapeError
+from hrdv2.errors import CheckpointError, ConfigError, HRDv2Error, ShapeError
 from hrdv2.probe.clicks import Click
 from hrdv2.probe.head import ClickHead, HeadSegmenter, encode_clicks, load_head, save_head
 
@@ -63,7 +63,7 @@ def test_checkpoint_roundtrip_gives_identical_predictions(tmp_path):
 
 
 def test_load_head_refuses_missing_and_foreign_files(tmp_path):
-    with pytest.raises(ConfigError, match="no such head checkpoint"):
+    with pytest.raises(CheckpointError, match="click-head checkpoint file does not exist"):
         load_head(tmp_path / "nope.pt")
     foreign = tmp_path / "foreign.pt"
     torch.save({"weights": torch.zeros(3)}, foreign)

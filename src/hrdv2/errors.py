@@ -32,6 +32,11 @@ class ModelFileError(HRDv2Error):
     """A saved model file is corrupt, untrusted, or does not fit the data it is applied to."""
 
 
+class CheckpointError(ModelFileError, WeightsUnavailableError):
+    """A checkpoint (weights, probe head, training state) that is missing, unreadable or would run
+    code when loaded (``hrdv2.checkpoints``); both a bad model file and weights not to be had."""
+
+
 class ResourceLimitError(HRDv2Error):
     """The work would need more memory than this machine (or the configured budget) allows."""
 

@@ -3,24 +3,16 @@ random initialisation for tests. Never silently substitutes one for another."""
 
 from __future__ import annotations
 
-import hashlib
 import os
 from pathlib import Path
 
 import torch
 
 from hrdv2.backbones.registry import BackboneSpec
+from hrdv2.checkpoints import load_checkpoint
 from hrdv2.errors import WeightsUnavailableError
 
 RANDOM = "random"
-
-
-def sha256_of(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def how_to_supply(spec: BackboneSpec) -> str:
@@ -61,25 +53,8 @@ def read_checkpoint(path: str | os.PathLike, spec: BackboneSpec, expected_sha256
     when the file carries the official file name (it claims to be the official release).
     """
     path = Path(path)
-    if not path.is_file():
-        raise WeightsUnavailableError(f"weights file {path} does not exist. {how_to_supply(spec)}")
     expected = expected_sha256 or (spec.sha256 if spec.filename and path.name == spec.filename else None)
-    if expected:
-        actual = sha256_of(path)
-        if actual != expected:
-            raise WeightsUnavailableError(
-                f"{path}: sha256 {actual} does not match the published {expected} for {spec.name}. "
-                "The file is corrupt, truncated or not the official release: download it again."
-            )
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise WeightsUnavailableError(f"{path}: cannot be read as a checkpoint ({exc}).") from exc
+    state = load_checkpoint(path, f"{spec.name} weights", how_to_supply(spec), sha256=expected)
     if not isinstance(state, dict):
         raise WeightsUnavailableError(f"{path}: expected a state dict, found {type(state).__name__}.")
     return _unwrap(state, path)

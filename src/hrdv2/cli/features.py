@@ -115,6 +115,9 @@ def _classical_fallback(name: str, image: np.ndarray, out: Path, pca_png: bool) 
               help="Featurise in blocks of this many px per side (implies --format ome-zarr; default: one tile step).")
 @click.option("--tile", type=click.IntRange(28), default=448, show_default=True,
               help="Block-wise: ViT tile side in px (tiles overlap by 1/8 and are blended, so there are no seams).")
+@click.option("--planes", type=click.Choice(["xy", "xyz"]), default="xy", show_default=True,
+              help="xy: every page on its own; xyz: a stack as a (Z, Y, X) volume, features averaged over its xy, xz "
+                   "and yz slices (needs --format ome-zarr; docs/blockwise.md).")
 @click.option("--pca-png/--no-pca-png", default=True, show_default=True, help="Write a PCA picture of the features.")
 @click.option("--attention-png/--no-attention-png", default=True, show_default=True,
               help="Write the CLS attention (mean over heads) as a heat map.")
@@ -151,7 +154,7 @@ def _classical_fallback(name: str, image: np.ndarray, out: Path, pca_png: bool) 
 def features(images, backbone, weights, stride, shift_text, pattern, flips, rotations, dtype, batch_size, device,
              out_dir, fmt, block_size, tile, pca_png, attention_png, attention_kind, facet, layer, fallback, workers,
              scheduler, pca_video=None, video_format="mp4", fps=None, preset=None, geometry="hrdv2", flip_set="hrdv2",
-             dry_run=False) -> None:
+             dry_run=False, planes="xy") -> None:
     """Featurise IMAGES (files, folders, multi-page stacks) with HR-Dv2; no IMAGES: a bundled sample micrograph.
 
     A file that cannot be read or featurised is reported and skipped; the others are still
@@ -183,7 +186,11 @@ def features(images, backbone, weights, stride, shift_text, pattern, flips, rota
     config = FeatureConfig(kind="deep", backbone=backbone, weights=weights, stride=stride,
                            shifts=parse_int_list(shift_text, "shifts"), pattern=pattern, flips=flips,
                            rotations=rotations, device=device, batch_size=batch_size, facet=facet, layer=layer,
-                           attention=attention_kind, geometry=geometry, flip_set=flip_set)
+                           attention=attention_kind, geometry=geometry, flip_set=flip_set,
+                           volume=planes == "xyz", planes=planes)
+    if planes == "xyz" and fmt != "ome-zarr":
+        raise ConfigError(f"--planes xyz featurises a stack as one volume, written to OME-Zarr: add --format ome-zarr "
+                          f"(not {fmt}).")
     engine = FeatureEngine(config, dtype=dtype)
     run = FileRun(len(inputs) + len(series))
     blockwise = fmt == "ome-zarr" or block_size is not None

@@ -6,7 +6,8 @@ A preset's values act as defaults: an option given on the command line wins, the
 parsing, from click's record of where each value came from, because the default preset depends
 on ``--device``, which may itself come from the command line or a config file.)
 
-Presets (keys are the commands' parameter names, as ``--config`` files use them):
+The table itself is ``hrdv2.presets.PRESETS`` (keys are the commands' parameter names, as
+``--config`` files use them):
 
 * ``paper``: the HR-Dv2 paper's setting for the workflow, in hrdv2's exact geometry.
   train / features: DINOv2-S/14 with registers, stride 4, shifts 1,2 Moore, flips (68 passes).
@@ -29,39 +30,15 @@ import click
 from click.core import ParameterSource
 
 from hrdv2.errors import ConfigError
+from hrdv2.presets import PRESETS
 
-_PAPER_FEATURES = {"backbone": "dinov2_vits14_reg", "stride": 4, "shift_text": "1,2", "pattern": "moore",
-                   "flips": True}
-_PUBLISHED = {"geometry": "published", "flip_set": "published"}
-_PAPER_UNSUPERVISED = {  # unsupervised shifts are always Moore
-    "backbone": "dinov2_vits14_reg", "stride": 4, "shift_text": "1,2", "flips": True, "max_side": 0,
-    "attention_kind": "o", "pca": 128, "k": 80, "merge_factor": 1.0, "crf": True,
-}
-
-PRESETS: dict[str, dict[str, dict[str, Any]]] = {
-    "features": {
-        "paper": dict(_PAPER_FEATURES),
-        "published": {**_PAPER_FEATURES, **_PUBLISHED},
-        "fast": {"stride": None, "shift_text": "", "flips": False, "rotations": False},
-    },
-    "train": {
-        "paper": {"kind": "deep", **_PAPER_FEATURES},
-        "published": {"kind": "deep", **_PAPER_FEATURES, **_PUBLISHED},
-        "fast": {"kind": "deep", "stride": None, "shift_text": "", "flips": False, "rotations": False},
-    },
-    "unsupervised": {
-        "paper": {**_PAPER_UNSUPERVISED},
-        "published": {**_PAPER_UNSUPERVISED, **_PUBLISHED},
-        "fast": {"stride": 14, "shift_text": "", "flips": False, "max_side": 224},
-    },
-}
 # train options that apply to one feature kind only ("deep:--flag" / "classical:--flag"); hybrid takes all
 TRAIN_OPTION_KINDS = {
     "backbone": "deep:--backbone", "weights": "deep:--weights", "stride": "deep:--stride", "shift_text": "deep:--shifts",
     "pattern": "deep:--pattern", "flips": "deep:--flips", "rotations": "deep:--rotations", "dtype": "deep:--dtype",
     "batch_size": "deep:--batch-size", "geometry": "deep:--geometry", "flip_set": "deep:--flip-set",
     "pca_components": "deep:--pca", "sigmas": "classical:--sigmas", "filters": "classical:--filters",
-    "volume": "classical:--volume", "spacing": "classical:--spacing",
+    "planes": "deep:--planes",  # --volume / --spacing apply to classical and deep features alike
 }
 AUTO = "auto"
 WARN_SECONDS = 60.0  # runs estimated longer than this get the estimate and how to go faster

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from tqdm import tqdm
+import sys
 
 
 class ProgressBar:
@@ -14,6 +14,10 @@ class ProgressBar:
 
     def __call__(self, done: int, total: int) -> None:
         if self.bar is None:
+            if not sys.stderr.isatty():  # tqdm's disable=None would hide it: skip its import (start-up)
+                return
+            from tqdm import tqdm
+
             self.bar = tqdm(total=total, desc=self.desc, leave=False, disable=None)
         self.bar.n = done
         self.bar.refresh()

@@ -5,9 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import sys
+
 import click
 import numpy as np
-from tqdm import tqdm
 
 from hrdv2.cli.boundary import check_outputs
 from hrdv2.cli.config_file import config_file_option
@@ -73,11 +74,13 @@ def _floats(text: str) -> tuple[float, ...]:
               help="Treat each stack as a 3-D volume: classical filters in 3D (labels on a few slices are enough).")
 @click.option("--spacing", default="1,1,1", show_default=True,
               help="Volume mode: voxel size z,y,x (e.g. 4,1,1 for slices 4x thicker than pixels).")
+@click.option("--planes", type=click.Choice(["xy", "xyz"]), default="xy", show_default=True,
+              help="Volume mode, deep features: xy slices only, or the mean over xy, xz and yz slices (3x the ViT work).")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Model file to write (.skops).")
 def train(images, scribbles, kind, classifier, sigmas, filters, normalise, backbone, weights, stride, flips,
           pca_components, crf, max_samples, class_names, cache_dir, device, volume, spacing, out, shift_text="1,2",
           pattern="moore", rotations=False, dtype="float32", batch_size=4, geometry="hrdv2", flip_set="hrdv2",
-          preset=None, dry_run=False) -> None:
+          preset=None, dry_run=False, planes="xy") -> None:
     """Train a segmenter on image + scribble pairs (multi-page TIFF stacks with label stacks too:
     pages without labels are skipped)."""
     from hrdv2.features.sets import FeatureConfig, estimate_feature_bytes
@@ -95,7 +98,7 @@ def train(images, scribbles, kind, classifier, sigmas, filters, normalise, backb
     opts = dict(preset=preset, kind=kind, backbone=backbone, weights=weights, stride=stride, shift_text=shift_text,
                 pattern=pattern, flips=flips, rotations=rotations, dtype=dtype, batch_size=batch_size,
                 geometry=geometry, flip_set=flip_set, pca_components=pca_components, device=device, sigmas=sigmas,
-                filters=filters, volume=volume, spacing=spacing)
+                filters=filters, volume=volume, spacing=spacing, planes=planes)
     preset = apply_preset(ctx, "train", opts)
     kind, backbone, stride, shift_text, pattern, rotations, geometry, flip_set = (opts[k] for k in (
         "kind", "backbone", "stride", "shift_text", "pattern", "rotations", "geometry", "flip_set"))
@@ -108,7 +111,7 @@ def train(images, scribbles, kind, classifier, sigmas, filters, normalise, backb
                            weights=weights, stride=stride, flips=flips, pca_components=pca_components, device=device,
                            volume=volume, spacing=spacing if volume else (1.0, 1.0, 1.0),
                            shifts=parse_int_list(shift_text, "shifts"), pattern=pattern, rotations=rotations,
-                           batch_size=batch_size, geometry=geometry, flip_set=flip_set)
+                           batch_size=batch_size, geometry=geometry, flip_set=flip_set, planes=planes)
     names = [n.strip() for n in class_names.split(",")] if class_names else None
     seg = Segmenter("auto" if kind == "auto" else config, classifier=classifier, crf=crf, max_samples=max_samples,
                     class_names=names, cache_dir=cache_dir)
@@ -119,6 +122,8 @@ def train(images, scribbles, kind, classifier, sigmas, filters, normalise, backb
         seg.engine.dtype = dtype  # a runtime choice, like the device: not part of the model's features
         setup = describe_features(preset, config, len(seg.engine.transforms()))
         click.echo(setup)
+    if volume and kind == "auto":
+        raise ConfigError("--volume takes --features classical (3-D filters) or deep (--planes), not auto.")
     if volume:
         _train_volume(seg, images, scribbles, out)
         return
@@ -142,6 +147,16 @@ def train(images, scribbles, kind, classifier, sigmas, filters, normalise, backb
     click.echo(f"trained {seg!r} on {seg.n_train_pixels_} pixels of {len(imgs)} image(s)/page(s); "
                f"classes {dict(zip(seg.classes_.tolist(), seg.class_names))}; wrote {out}"
                + (f" | {setup}" if setup else ""))
+
+
+def tqdm(iterable, **kwargs):
+    """A tqdm bar over ``iterable`` on a terminal; the bare iterable elsewhere, where tqdm's
+    ``disable=None`` would hide the bar anyway (not importing tqdm saves start-up)."""
+    if not sys.stderr.isatty():
+        return iterable
+    from tqdm import tqdm as bar
+
+    return bar(iterable, **kwargs)
 
 
 def _print_estimate(seg, imgs: list[np.ndarray], force: bool) -> None:
@@ -186,7 +201,8 @@ def _train_volume(seg, images: tuple[Path, ...], scribbles: tuple[Path, ...], ou
         raise HRDv2Error(f"no labelled pixels in {', '.join(map(str, scribbles))}: paint at least one stroke per class.")
     seg.fit(imgs, scrs, feats, names=names)
     seg.save(out)
-    click.echo(f"trained {seg!r} (3-D filters, spacing {','.join(f'{v:g}' for v in seg.features.spacing)}) on "
+    what = "3-D filters" if seg.features.kind == "classical" else f"deep features, planes {seg.features.planes}"
+    click.echo(f"trained {seg!r} ({what}, spacing {','.join(f'{v:g}' for v in seg.features.spacing)}) on "
                f"{seg.n_train_pixels_} voxels of {len(imgs)} slice(s); classes "
                f"{dict(zip(seg.classes_.tolist(), seg.class_names))}; wrote {out}")
 

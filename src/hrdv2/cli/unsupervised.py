@@ -81,12 +81,12 @@ def _pipeline_options(f):
 def resolve_setup(kw: dict[str, Any]) -> tuple[Any, dict[str, Any], Any]:
     """(featurizer, extraction settings, UnsupervisedSettings) from the shared CLI options."""
     from hrdv2.cli.features import parse_int_list
-    from hrdv2.unsupervised import PRESETS, UnsupervisedSettings, build_featurizer
-
     from hrdv2.cli.presets import apply_preset
+    from hrdv2.presets import extraction_settings
+    from hrdv2.unsupervised import UnsupervisedSettings, build_featurizer
 
     apply_preset(click.get_current_context(silent=True), "unsupervised", kw)
-    ext = dict(PRESETS[kw["preset"]])
+    ext = extraction_settings(kw["preset"])  # the preset's values; options given explicitly override them
     if kw["stride"] is not None:
         ext["stride"] = kw["stride"]
     if kw["shift_text"] is not None:

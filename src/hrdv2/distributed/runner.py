@@ -27,7 +27,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
@@ -64,6 +64,18 @@ def _bar(total: int, initial: int, unit: str) -> Any:
     from tqdm import tqdm
 
     return tqdm(total=total, initial=initial, desc="tasks", unit=unit, disable=None)
+
+
+def _user_error(failed: Any, futures: Iterable[Any]) -> BaseException:
+    """The exception of a failed task when it is bad input (``USER_ERRORS``: reported, the others
+    go on); any other exception is a bug: every task is cancelled and it is raised here, with
+    the worker's traceback."""
+    exc = failed.exception()
+    if not isinstance(exc, USER_ERRORS):
+        for other in futures:
+            other.cancel()
+        failed.result()  # raises it
+    return exc
 
 
 # --------------------------------------------------------------------------- file tasks
@@ -146,12 +158,7 @@ def run_file_tasks(client: Any, spec: ModelRef | EngineSpec, func: Callable[...,
             path = futures[fut]
             bar.update(1)
             if fut.status == "error":
-                exc = fut.exception()
-                if not isinstance(exc, USER_ERRORS):
-                    for other in futures:
-                        other.cancel()
-                    fut.result()  # a bug: raise it, with its traceback
-                yield Outcome(path, error=exc)
+                yield Outcome(path, error=_user_error(fut, futures))
             else:
                 value, output = fut.result()
                 yield Outcome(path, value, output=output)
@@ -309,12 +316,7 @@ def run_block_jobs(client: Any, spec: ModelRef | EngineSpec, jobs: Sequence[tupl
             j, i = futures[fut]
             bar.update(1)
             if fut.status == "error":
-                exc = fut.exception()
-                if not isinstance(exc, USER_ERRORS):
-                    for other in futures:
-                        other.cancel()
-                    fut.result()
-                errors[j].append(f"block {i} ({_window(jobs[j][1][i])}): {exc}")
+                errors[j].append(f"block {i} ({_window(jobs[j][1][i])}): {_user_error(fut, futures)}")
             pending[j] -= 1
             if pending[j] == 0:
                 yield close(j)

@@ -7,28 +7,38 @@
   origins aligned to the filters' pyramid) normalised with the *whole page's* statistics, then
   cropped: equal to whole-image features to float precision;
 * deep: blended tiles on a global grid (:mod:`hrdv2.engine.tiling`): equal to a whole-image
-  tiled run, without seams between blocks;
+  tiled run, without seams between blocks; each tile is computed once (blocks in raster order),
+  its parts that later blocks need held in a :class:`~hrdv2.engine.tiling.TileStore`;
 * volume mode (``config.volume``): classical filters in 3D over bricks of a (Z, Y, X) volume,
   with a 3-D halo, normalised with the whole volume's statistics: equal to whole-volume features;
-* hybrid is refused: it standardises each block over the whole image (not block-wise yet).
+* hybrid: classical and deep parts of each block as above (halo and alignment of both),
+  standardised with the whole page's per-channel statistics, computed first by a block-wise
+  pass (:meth:`BlockFeatures.hybrid_statistics`): equal to a whole-image (tiled) hybrid run, at
+  the price of computing the deep tiles twice;
+* deep features of a volume (``volume=True``, ``planes`` xy or xyz): the whole volume's slice
+  features (:mod:`hrdv2.engine.planes`), computed at the first brick and held (refused above a size).
 
-Memory is one block (plus, for deep features, one tile) in flight, whatever the image size.
+Memory is one block in flight (deep features: plus one tile and the held strip of the next
+block row, ``held_rows * W * C * 4`` bytes, refused above ``max_strip_bytes``).
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from typing import Any, Sequence
 
 import numpy as np
 
 from hrdv2.blocks import DEFAULT_BLOCK_SIZE, Block, BlockPlan, LazyArray, plan_blocks
 from hrdv2.engine.core import FeatureEngine
-from hrdv2.engine.tiling import DEFAULT_OVERLAP, DEFAULT_TILE, TileGrid, blended_features
-from hrdv2.errors import ConfigError, ShapeError
+from hrdv2.engine.tiling import (DEFAULT_OVERLAP, DEFAULT_TILE, TileGrid, TileStore, blended_features, held_extent,
+                                 tile_coverage)
+from hrdv2.errors import ConfigError, ResourceLimitError, ShapeError
 from hrdv2.features.blockwise import Normalisation, image_normalisation, normalise_block
 from hrdv2.features.classical import classical_alignment, classical_features, classical_halo
-from hrdv2.features.sets import n_classical
+from hrdv2.features.sets import n_classical, standardise
+
+
+MAX_STRIP_BYTES = 2 * 1024**3  # deep tile parts held between blocks: ViT-S (384 ch), tile 448 -> images up to ~21k px wide
 
 
 class PageView(LazyArray):
@@ -47,17 +57,15 @@ class PageView(LazyArray):
 class BlockFeatures:
     """Block plan + per-block features of ``engine``'s config over ``source``.
 
-    ``block_size``: write-window side in px; ``tile`` / ``overlap``: the deep features' tile grid.
+    ``block_size``: write-window side in px; ``tile`` / ``overlap``: the deep features' tile grid;
+    ``max_strip_bytes``: the most deep-feature bytes held between blocks (refused above it).
     Call ``features(data, block)`` with ``data = source[block.read]``: it returns the block's
     write-window features ``(1, h, w, F)`` for a stack, ``(h, w, F)`` for an image.
     """
 
     def __init__(self, engine: FeatureEngine, source: LazyArray, block_size: int = DEFAULT_BLOCK_SIZE,
-                 tile: int = DEFAULT_TILE, overlap: int = DEFAULT_OVERLAP):
+                 tile: int = DEFAULT_TILE, overlap: int = DEFAULT_OVERLAP, max_strip_bytes: int = MAX_STRIP_BYTES):
         config = engine.config
-        if config.kind == "hybrid":
-            raise ConfigError("hybrid features are standardised over the whole image, so they cannot be computed "
-                              "block-wise yet; use classical or deep features for large images, or a whole-image run.")
         if config.uses_deep and config.pca_components:
             raise ConfigError("a per-image PCA (pca_components) needs the whole image; block-wise deep features are "
                               "written uncompressed (a Segmenter's learnt PCA still applies).")
@@ -71,9 +79,7 @@ class BlockFeatures:
         self.stacked = len(spatial) == 3 and not self.volume
         self.page_shape = tuple(spatial[-2:])
         self._norms: dict[int, Normalisation] = {}
-        self._tiles: OrderedDict[tuple[int, int, int], np.ndarray] = OrderedDict()
-        self._max_tiles = 0
-        self.tiles_computed = 0
+        self.store: TileStore | None = None
         if self.volume:
             from hrdv2.features.classical3d import classical3d_halo
 
@@ -81,12 +87,23 @@ class BlockFeatures:
                 raise ShapeError(f"{source.name}: volume mode needs a grey (Z, Y, X) volume (a multi-page TIFF, zarr or "
                                  f".npy), got shape {source.shape}.")
             self.grid = None
-            self.halo3 = classical3d_halo(config.sigmas, config.filters, config.spacing)
+            self._volume_deep: np.ndarray | None = None  # deep volume features: computed whole, then sliced
+            self.halo3 = (0, 0, 0) if config.uses_deep else classical3d_halo(config.sigmas, config.filters,
+                                                                             config.spacing)
             self.plan = plan_blocks(spatial, int(block_size), halo=self.halo3, alignment=1)
+            if config.uses_deep:  # held whole: refuse up front what cannot be
+                from hrdv2.engine.planes import check_planes_size
+
+                check_planes_size(spatial, self.n_features, source.name)
             return
         if config.uses_deep:
             self.grid = TileGrid(self.page_shape, tile, overlap)
             halo, align = min(tile, max(self.page_shape)), 1
+            if config.kind == "hybrid":  # the classical half needs its own halo and pyramid alignment
+                halo = max(halo, classical_halo(config.sigmas, config.filters))
+                align = classical_alignment(config.sigmas)
+            self._hybrid_stats: dict[int, tuple[np.ndarray, ...]] = {}
+            self._tile_args = (tile, overlap)
         else:
             self.grid = None
             halo, align = classical_halo(config.sigmas, config.filters), classical_alignment(config.sigmas)
@@ -94,10 +111,35 @@ class BlockFeatures:
         zero = (0,) if self.stacked else ()
         self.plan: BlockPlan = plan_blocks(spatial, lead + (int(block_size),) * 2, halo=zero + (halo, halo),
                                            alignment=lead + (align, align))
-        # tiles shared by neighbouring blocks of a row are computed once: keep one column of tiles
-        # (the last block's right-hand column; blocks run row by row), so memory stays bounded
-        step = max(tile - overlap, 1)
-        self._max_tiles = int(block_size) // step + 1 if config.uses_deep else 0
+        if config.uses_deep:
+            bh, bw = self.plan.block_shape[-2:]
+            self.strip_bytes = self.held_bytes_bound(self.page_shape, (bh, bw), tile, overlap, self.n_features)
+            if self.strip_bytes > max_strip_bytes:
+                h, w = self.page_shape
+                raise ResourceLimitError(
+                    f"{source.name}: deep features of a {w} px wide image would hold {self.strip_bytes / 1e9:.2f} GB of "
+                    f"tile strips between block rows (limit {max_strip_bytes / 1e9:.2f} GB; tile {tile}, overlap {overlap}, "
+                    f"{self.n_features} channels); use a smaller --tile (overlap is tile/8), a backbone with fewer "
+                    "channels, or cut the image into narrower pieces.")
+            self.store = TileStore(self.page_shape, (bh, bw), max_strip_bytes)
+
+    @staticmethod
+    def held_bytes_bound(page: tuple[int, int], block: tuple[int, int], tile: int, overlap: int, channels: int) -> int:
+        """Most bytes of tile parts held between blocks in raster order (float32 x ``channels``):
+        the strip below a block row (``held_extent`` rows x the summed tile widths) + the column
+        right of a block (the tile rows inside a block row x ``held_extent`` columns). With blocks
+        of one tile step on tile starts: ``overlap * (W * tile / step + tile) * C * 4``, roughly.
+        """
+        (h, w), (bh, bw) = page, block
+        rows, cols = held_extent(h, bh, tile, overlap), held_extent(w, bw, tile, overlap)
+        widths, _ = tile_coverage(w, bw, tile, overlap)
+        _, block_rows = tile_coverage(h, bh, tile, overlap)
+        return (rows * widths + block_rows * cols) * channels * 4
+
+    @property
+    def tiles_computed(self) -> int:
+        """Tile passes of the ViT so far (deep features; each tile once when blocks run in raster order)."""
+        return self.store.computed if self.store is not None else 0
 
     @property
     def n_features(self) -> int:
@@ -125,6 +167,8 @@ class BlockFeatures:
 
     def features(self, data: np.ndarray, block: Block) -> np.ndarray:
         """The write-window features of ``block`` from its read-window pixels ``data``."""
+        if self.volume and self.engine.config.uses_deep:
+            return self.volume_deep()[block.write]
         if self.volume:
             from hrdv2.features.classical3d import classical_features_3d
 
@@ -141,12 +185,58 @@ class BlockFeatures:
         read, write = block.read[-2:], block.write[-2:]
         config = self.engine.config
         if config.uses_deep:
+            assert self.store is not None
+            store, pos = self.store, (z,) + tuple(block.grid[-2:])
             feats = blended_features(x, (read[0].start, read[1].start), write, self.grid,
-                                     lambda rows, cols, pixels: self._tile(z, rows, cols, pixels))
+                                     lambda rows, cols, pixels: store.get(
+                                         z, rows, cols, pos, lambda: self.engine.deep_features(pixels)))
+            store.done(pos)
+            if config.kind == "hybrid":
+                mean_c, std_c, mean_d, std_d = self.hybrid_statistics(z)
+                cls = classical_features(x, config.sigmas, config.filters)[block.crop[-2:]]
+                feats = np.concatenate([standardise(cls, mean_c, std_c)[0], standardise(feats, mean_d, std_d)[0]], -1)
         else:
             crop = block.crop[-2:]
             feats = classical_features(x, config.sigmas, config.filters)[crop]
         return feats[None] if self.stacked else feats
+
+    def hybrid_statistics(self, z: int) -> tuple[np.ndarray, ...]:
+        """(mean, std) of the classical and of the deep features of page ``z``, as a whole-image
+        hybrid run standardises them: one block-wise pass over the page (deep tiles computed here
+        and again for the output: hybrid block-wise costs two deep passes), once per page."""
+        if z not in self._hybrid_stats:
+            from tqdm import tqdm
+
+            from hrdv2.engine.core import Moments
+
+            c, page = self.engine.config, self.page(z)
+            tile, overlap = self._tile_args
+            parts = []
+            for kind, size in (("classical", DEFAULT_BLOCK_SIZE), ("deep", tile - overlap)):
+                engine = FeatureEngine(c.replace(kind=kind), backbones=self.engine.backbones, dtype=self.engine.dtype)
+                sub = BlockFeatures(engine, page, size, tile=tile, overlap=overlap)
+                moments = Moments()
+                for block in tqdm(sub.plan, desc=f"hybrid statistics ({kind})", unit="block", leave=False,
+                                  disable=None):
+                    moments.add(sub.features(page[block.read], block))
+                parts.extend(moments.result())
+            self._hybrid_stats[z] = tuple(parts)
+        return self._hybrid_stats[z]
+
+    def volume_deep(self) -> np.ndarray:
+        """(Z, Y, X, C) deep features of the whole volume (volume mode), computed once and held."""
+        if self._volume_deep is None:
+            from tqdm import tqdm
+
+            from hrdv2.engine.planes import n_slices
+
+            c = self.engine.config
+            with tqdm(total=n_slices(self.source.spatial_shape, c.planes), desc=f"deep features ({c.planes} planes)",
+                      unit="slice", leave=False, disable=None) as bar:
+                vol = self.source[...]
+                vol = vol[..., 0] if vol.ndim == 4 else vol
+                self._volume_deep = self.engine.volume_features(vol, progress=bar, name=self.source.name)
+        return self._volume_deep
 
 
     def slice_features(self, z: int, block_size: int = 512) -> np.ndarray:
@@ -154,6 +244,8 @@ class BlockFeatures:
         needs), computed in (1, B, B) bricks with the full 3-D halo."""
         if not self.volume:
             raise ConfigError("slice_features is for volume mode; in page mode featurise the page itself.")
+        if self.engine.config.uses_deep:
+            return self.volume_deep()[z]
         nz, ny, nx = self.source.spatial_shape
         hz, hy, hx = self.halo3
         out = np.empty((ny, nx, self.n_features), np.float32)
@@ -166,18 +258,6 @@ class BlockFeatures:
                 block = Block(-1, (z, y0, x0), write, read)
                 out[y0:y1, x0:x1] = self.features(self.source[read], block)[0]
         return out
-
-    def _tile(self, z: int, rows: slice, cols: slice, pixels: np.ndarray) -> np.ndarray:
-        key = (z, rows.start, cols.start)
-        if key in self._tiles:
-            self._tiles.move_to_end(key)
-            return self._tiles[key]
-        feats = self.engine.deep_features(pixels)
-        self.tiles_computed += 1
-        self._tiles[key] = feats
-        while len(self._tiles) > self._max_tiles:
-            self._tiles.popitem(last=False)
-        return feats
 
 
 def tiled_features(engine: FeatureEngine, image: np.ndarray, tile: int = DEFAULT_TILE,
@@ -196,9 +276,9 @@ VOLUME_BLOCK = 128  # brick side in volume mode: the 3-D halo (~65 voxels at sig
 def block_sizes_for(kind: str, requested: int | None, tile: int = DEFAULT_TILE, overlap: int = DEFAULT_OVERLAP,
                     volume: bool = False) -> int:
     """The default block side per feature kind. Deep features are ~100x wider than classical, so a
-    deep block is one tile step (edges on tile starts): measured at 1024^2 with ViT-S, 17 shifts,
-    tile 448, peak 2.45 GB and 21 tile passes for 9 tiles; two tile steps halve the recomputation
-    (11 passes, 2.1x faster) but peak at 3.5 GB. Memory first: ``--block-size`` trades it back."""
+    deep block is one tile step (edges on tile starts): each tile is computed once whatever the
+    block size (:class:`~hrdv2.engine.tiling.TileStore`), and one-step blocks hold the least
+    between blocks (``overlap`` rows of the image width) with the smallest block accumulator."""
     if requested is not None:
         return int(requested)
     if volume:

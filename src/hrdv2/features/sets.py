@@ -37,9 +37,10 @@ ATTENTION_SIGNALS = ("softmax", "o")
 # fields added after the first release, with their defaults: a config at a field's default keeps
 # the key it had before the field existed (cached features stay valid)
 _ADDED_LATER = {"rotations": False, "volume": False, "facet": "token", "layer": None, "attention": "softmax",
-                "geometry": "hrdv2", "flip_set": "hrdv2"}
+                "geometry": "hrdv2", "flip_set": "hrdv2", "planes": "xy"}
 GEOMETRIES = ("hrdv2", "published")  # as hrdv2.upsample.geometry.GEOMETRIES (no torch import here)
 FLIP_SETS = ("hrdv2", "published")  # as hrdv2.transforms.FLIP_SETS
+PLANES = ("xy", "xyz")  # deep features of a volume: per xy slice, or averaged over the xy, xz and yz slices
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,7 @@ class FeatureConfig:
     attention: str = "softmax"  # CLS-attention signal where one is used: softmax or o (published HR-Dv2)
     geometry: str = "hrdv2"  # patch geometry: hrdv2 (padded, exact) or published (HR-Dv2 code's); docs/geometry.md
     flip_set: str = "hrdv2"  # with flips: hrdv2 {id, h, v, hv} or published [id, h, id, v] combined its way
+    planes: str = "xy"  # volume mode, deep features: xy slices only, or the mean over xy, xz, yz (engine/planes.py)
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -75,9 +77,9 @@ class FeatureConfig:
         if self.volume:
             from hrdv2.features.classical3d import DEFAULT_FILTERS_3D, check_spacing, resolve_filters_3d
 
-            if self.kind != "classical":
-                raise ConfigError(f"volume mode filters in 3D and needs classical features, not {self.kind!r}; "
-                                  "deep features of a stack are computed slice by slice (without --volume).")
+            if self.kind == "hybrid":
+                raise ConfigError("volume mode takes classical (3-D filters) or deep features (planes xy or xyz), "
+                                  "not hybrid; choose one of them.")
             filters = DEFAULT_FILTERS_3D if self.filters in ("default", DEFAULT_FILTERS) else self.filters
             object.__setattr__(self, "filters", resolve_filters_3d(filters))
             object.__setattr__(self, "spacing", check_spacing(self.spacing))
@@ -101,6 +103,11 @@ class FeatureConfig:
             raise ConfigError(f"pca_components must be a positive integer or None, got {self.pca_components!r}.")
         if self.uses_classical and not self.volume:
             feature_names(1, self.sigmas, self.filters)  # validates sigmas / filters early
+        if self.planes not in PLANES:
+            raise ConfigError(f"unknown planes {self.planes!r}; choose one of {', '.join(PLANES)}.")
+        if self.planes != "xy" and not (self.volume and self.kind == "deep"):
+            raise ConfigError(f"planes {self.planes!r} averages deep features over the slices of a (Z, Y, X) volume: "
+                              "it needs kind 'deep' with volume=True (CLI: --features deep --volume).")
 
     @property
     def uses_classical(self) -> bool:
@@ -141,7 +148,7 @@ class FeatureConfig:
             d["classical_version"] = CLASSICAL_VERSION
         if not self.uses_deep:
             for k in ("backbone", "weights", "stride", "shifts", "pattern", "flips", "rotations", "pca_components",
-                      "facet", "layer", "attention", "geometry", "flip_set"):
+                      "facet", "layer", "attention", "geometry", "flip_set", "planes"):
                 d.pop(k, None)
         digest = hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
         return f"{self.kind}-{digest}"

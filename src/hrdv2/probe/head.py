@@ -26,7 +26,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from hrdv2.errors import ConfigError, ImageReadError, ShapeError
+from hrdv2.checkpoints import load_checkpoint
+from hrdv2.errors import ConfigError, ShapeError
 from hrdv2.probe.clicks import Click, Predictor
 
 CHECKPOINT_FORMAT = "hrdv2-click-head"
@@ -179,13 +180,8 @@ def save_head(path: str | Path, head: ClickHead, meta: dict[str, Any] | None = N
 def load_head(path: str | Path, device: str | torch.device = "cpu") -> HeadCheckpoint:
     """Read a checkpoint written by ``save_head`` (weights_only: no code runs while loading)."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such head checkpoint; train one with `hrdv2 probe train --out DIR` "
-                          "(it writes DIR/head.pt), or use --head none.")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle / zip errors of any kind: a damaged or foreign file
-        raise ImageReadError(f"{path}: not a readable hrdv2 click-head checkpoint ({type(exc).__name__}: {exc}).") from exc
+    payload = load_checkpoint(path, "click-head checkpoint", "Train one with `hrdv2 probe train --out DIR` "
+                              "(it writes DIR/head.pt), or use --head none.")
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise ConfigError(f"{path}: not an hrdv2 click-head checkpoint (no format tag {CHECKPOINT_FORMAT!r}).")
     if int(payload.get("version", 0)) > CHECKPOINT_VERSION:

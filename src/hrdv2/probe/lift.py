@@ -24,7 +24,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from hrdv2.errors import ConfigError, ImageReadError
+from hrdv2.checkpoints import load_checkpoint
+from hrdv2.errors import ConfigError
 
 GUIDE = 32  # channels of the image guidance
 
@@ -76,12 +77,8 @@ def read_state_dict(path: str | Path, what: str) -> dict[str, torch.Tensor]:
     """A state dict from a local checkpoint file (weights_only: nothing in it runs); unwraps a
     ``state_dict`` entry (Lightning / hub files)."""
     path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"{path}: no such {what} checkpoint file; give the path of a local .pth/.ckpt file.")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # zip / pickle errors of any kind
-        raise ImageReadError(f"{path}: not a readable {what} checkpoint ({type(exc).__name__}: {exc}).") from exc
+    obj = load_checkpoint(path, f"{what} checkpoint", "Give the path of the published .pth/.ckpt file "
+                          "(download it again if it is damaged).")
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from hrdv2.checkpoints import load_checkpoint
 from hrdv2.errors import ConfigError
 from hrdv2.io import atomic_path
 
@@ -106,7 +107,8 @@ def train_lift(backbone: Any, image_paths: Sequence[Path], out_dir: str | Path, 
     result = LiftTrainResult()
     if resume and (out_dir / STATE_FILE).exists():
         load_lift_state(model, out_dir / WEIGHTS_FILE)
-        state = torch.load(out_dir / STATE_FILE, map_location="cpu", weights_only=True)
+        state = load_checkpoint(out_dir / STATE_FILE, "LiFT training state",
+                                "Delete it to start afresh, or train without --resume.")
         opt.load_state_dict(state["optimizer"])
         rng.bit_generator.state = json.loads(state["rng"])
         result.losses, result.steps_done = [float(v) for v in state["losses"]], int(state["step"])

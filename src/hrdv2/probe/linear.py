@@ -28,6 +28,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from hrdv2.checkpoints import load_checkpoint
 from hrdv2.errors import ConfigError, ModelFileError
 from hrdv2.metrics.segmentation import confusion_matrix, iou_per_class, mean_iou, pixel_accuracy
 
@@ -77,13 +78,8 @@ def load_head(path: str | Path) -> tuple[LinearHead, dict[str, Any]]:
     """A head from a checkpoint with DINOv2's keys (``decode_head.`` prefix optional, ``state_dict``
     wrapper optional). Loaded with ``weights_only=True``: tensors and plain containers only."""
     path = Path(path)
-    if not path.is_file():
-        raise ModelFileError(f"{path}: head checkpoint not found; download e.g. dinov2_vits14_voc2012_linear_head.pth "
-                             "from DINOv2's model card, or train one with `hrdv2 probe linear`.")
-    try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle errors, truncated zips, disallowed types: all mean "not a usable head"
-        raise ModelFileError(f"{path}: not a readable head checkpoint ({str(exc).splitlines()[0][:200]}).") from exc
+    raw = load_checkpoint(path, "linear-head checkpoint", "Download e.g. dinov2_vits14_voc2012_linear_head.pth "
+                          "from DINOv2's model card, or train one with `hrdv2 probe linear`.")
     meta = raw.get("meta", {}) if isinstance(raw, dict) and isinstance(raw.get("meta"), dict) else {}
     state = raw.get("state_dict", raw) if isinstance(raw, dict) else None
     if not isinstance(state, dict):

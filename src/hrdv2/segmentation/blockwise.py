@@ -18,6 +18,7 @@ from hrdv2.blocks import ArrayWriter, BigTiffWriter, BlockWriter, LazyArray, Ome
 from hrdv2.engine.blockwise import BlockFeatures, block_sizes_for
 from hrdv2.engine.tiling import DEFAULT_OVERLAP, DEFAULT_TILE
 from hrdv2.errors import ConfigError, ShapeError
+from hrdv2.segmentation.compressed import predict_compressed
 
 BLOCK_FORMATS = ("ome-zarr", "bigtiff")
 
@@ -68,7 +69,10 @@ def segment_blockwise(
 
     def func(data: np.ndarray, block) -> np.ndarray:
         feats = bf.features(data, block)
-        probs = seg.predict_proba_features(feats.reshape(-1, feats.shape[-1]))
+        if seg.features.kind == "deep" and feats.ndim == 3:  # one prediction per distinct cell
+            probs = predict_compressed(feats, seg.predict_proba_features)[0].reshape(-1, len(classes))
+        else:
+            probs = seg.predict_proba_features(feats.reshape(-1, feats.shape[-1]))
         if proba_writer is not None:
             proba_writer.write(block, probs.reshape(feats.shape[:-1] + (probs.shape[-1],)))
         if proba:

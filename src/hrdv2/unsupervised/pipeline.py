@@ -15,20 +15,18 @@ from typing import Any, Callable
 import numpy as np
 
 from hrdv2.errors import ConfigError, ShapeError
+from hrdv2.presets import PRESETS as PRESETS_TABLE
+from hrdv2.presets import extraction_settings
 from hrdv2.unsupervised.boxes import DEFAULT_MIN_AREA, Boxes, predict_boxes
 from hrdv2.unsupervised.clustering import distinct_pixels, kmeans_clusters
 from hrdv2.unsupervised.foreground import SEMANTIC_BINS, attention_map, foreground_clusters, semantic_distance
 from hrdv2.unsupervised.merging import DEFAULT_MERGE_FACTOR, merge_segmentation, relabel_foreground
 
-# Feature-extraction presets. "paper" is the HR-Dv2 paper's setting (slow on a CPU: 68
-# forward passes per image); "published" the same in the published code's geometry; "fast" is
-# one stride-14 pass on a <= 224 px image, for tests, previews and CPU benchmarks. The CLI's
-# presets (hrdv2.cli.presets) also set the backbone, attention signal and CRF.
-PRESETS: dict[str, dict[str, Any]] = {
-    "paper": {"stride": 4, "shifts": (1, 2), "flips": True, "max_side": None},
-    "published": {"stride": 4, "shifts": (1, 2), "flips": True, "max_side": None},
-    "fast": {"stride": 14, "shifts": (), "flips": False, "max_side": 224},
-}
+# Feature-extraction settings of the presets, read from the one table (hrdv2.presets): "paper" is
+# the HR-Dv2 paper's setting (slow on a CPU: 68 forward passes per image), "published" the same in
+# the published code's geometry, "fast" one stride-14 pass on a <= 224 px image. The CLI's presets
+# also set the backbone, attention signal and CRF.
+PRESETS: dict[str, dict[str, Any]] = {name: extraction_settings(name) for name in PRESETS_TABLE["unsupervised"]}
 
 
 @dataclass
