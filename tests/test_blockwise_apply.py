@@ -42,6 +42,19 @@ def test_classical_blockwise_labels_equal_whole_image(alloy, classical_model, bl
     np.testing.assert_array_equal(segment_blockwise(classical_model, image, block_size=block), whole)
 
 
+@pytest.mark.parametrize("band", [1 << 16, 1000, 7])
+def test_strided_block_features_are_classified_in_bands_with_the_same_result(alloy, classical_model, monkeypatch, band):
+    """A block's features are a crop of its read window's: classified band by band (bands of any
+    size, the last one short), the probabilities equal those of the flattened copy."""
+    import hrdv2.segmentation.blockwise as blockwise
+
+    feats = classical_model.featurise(alloy[0][:130, :150])[11:120, 5:144]  # strided, 109 x 139
+    assert not feats.flags.c_contiguous
+    monkeypatch.setattr(blockwise, "BAND_PIXELS", band)
+    expected = classical_model.predict_proba_features(np.ascontiguousarray(feats).reshape(-1, feats.shape[-1]))
+    np.testing.assert_array_equal(blockwise.classify_block(classical_model, feats), expected)
+
+
 def test_stack_is_segmented_page_by_page(alloy, classical_model):
     image = alloy[0][:150, :170]
     stack = np.stack([image, image[::-1], 255 - image])

@@ -21,6 +21,29 @@ from hrdv2.errors import ConfigError, ShapeError
 from hrdv2.segmentation.compressed import predict_compressed
 
 BLOCK_FORMATS = ("ome-zarr", "bigtiff")
+BAND_PIXELS = 1 << 16  # feature rows classified per call when a block's features are a strided crop
+
+
+def classify_block(seg: Any, feats: np.ndarray) -> np.ndarray:
+    """(N, K) class probabilities of a block's (..., F) features, N = the block's pixels.
+
+    A block's classical features are a crop of its read window's, so flattening them whole would
+    copy ~150 MB per 1024² block into fresh memory (page faults included: ~0.2-0.9 s measured on
+    this 2-CPU machine); bands of ``BAND_PIXELS`` rows are copied into memory that is reused and
+    stays in cache (~0.1 s for the same block). The result is the same.
+    """
+    if feats.ndim != 3 or feats.flags.c_contiguous:
+        return seg.predict_proba_features(feats.reshape(-1, feats.shape[-1]))
+    from hrdv2.segmentation.forest import fast_forest
+
+    h, w, f = feats.shape
+    fast_forest(seg, seg.model_, h * w)  # the compiled forest if a block this size would use it (bands are smaller)
+    out = np.empty((h * w, len(seg.classes_)), np.float32)
+    step = max(1, BAND_PIXELS // max(w, 1))
+    for y in range(0, h, step):
+        band = np.ascontiguousarray(feats[y : y + step]).reshape(-1, f)
+        out[y * w : y * w + band.shape[0]] = seg.predict_proba_features(band)
+    return out
 
 
 def label_writer(fmt: str, target: str | Path, key: str, channels: int | None = None, proba: bool = False) -> BlockWriter:
@@ -72,7 +95,7 @@ def segment_blockwise(
         if seg.features.kind == "deep" and feats.ndim == 3:  # one prediction per distinct cell
             probs = predict_compressed(feats, seg.predict_proba_features)[0].reshape(-1, len(classes))
         else:
-            probs = seg.predict_proba_features(feats.reshape(-1, feats.shape[-1]))
+            probs = classify_block(seg, feats)
         if proba_writer is not None:
             proba_writer.write(block, probs.reshape(feats.shape[:-1] + (probs.shape[-1],)))
         if proba:
