@@ -21,19 +21,13 @@ from hrdv2.features.sets import FeatureConfig
 from hrdv2.io import write_image
 from hrdv2.transforms import PublishedCompose
 
+# tiny images and tensors: one torch thread is fastest and keeps a busy shared machine usable
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 @pytest.fixture(scope="module")
 def runner() -> CliRunner:
     return CliRunner()
-
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny images: one thread is fastest, and keeps a busy shared machine usable."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,9 @@ from hrdv2.upsample import HighResFeaturizer, image_to_tensor
 from hrdv2.upsample.geometry import PatchGeometry, PublishedGeometry, make_geometry
 from hrdv2.upsample.published import interpolate_patch_positions
 
+# tiny images and tensors: one torch thread is fastest and keeps a busy shared machine usable
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 P = 14
 
 
@@ -107,15 +110,6 @@ def cosines(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 # ------------------------------------------------------------------ tests
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: one thread is fastest, and keeps a busy shared machine usable."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.mark.parametrize("registers,stride,size", [
     (True, 14, (45, 59)), (True, 7, (45, 59)), (True, 4, (45, 59)),  # odd sizes, the paper's registers layout

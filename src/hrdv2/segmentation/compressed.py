@@ -48,10 +48,10 @@ def run_starts(feats: np.ndarray, axis: int) -> np.ndarray:
     return _new_run_starts(diff)
 
 
-def compressed_grid(feats: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def compressed_grid(feats: np.ndarray, rows: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(Hu, Wu, F) distinct cells of an (H, W, F) map and the (H,), (W,) maps from pixel rows
-    and columns to cell rows and columns."""
-    rows = run_starts(feats, 0)
+    and columns to cell rows and columns (``rows``: ``run_starts(feats, 0)`` if already known)."""
+    rows = run_starts(feats, 0) if rows is None else rows
     row_compressed = feats[rows]
     cols = run_starts(row_compressed, 1)
     cells = np.ascontiguousarray(row_compressed[:, cols])
@@ -65,12 +65,17 @@ def predict_compressed(feats: np.ndarray, predict_rows: Callable[[np.ndarray], n
     computed once per compressed cell; also returns the compression factor used (pixels per
     cell; 1.0 where too few repeats made per-pixel prediction the faster way)."""
     h, w, f = feats.shape
-    if h / len(run_starts(feats, 0)) < MIN_ROW_FACTOR:  # too few repeats to pay for the rest
+
+    def per_pixel() -> tuple[np.ndarray, float]:
         return predict_rows(np.ascontiguousarray(feats).reshape(-1, f)).reshape(h, w, -1), 1.0
-    cells, row_of, col_of = compressed_grid(feats)
+
+    rows = run_starts(feats, 0)
+    if h / len(rows) < MIN_ROW_FACTOR:  # too few repeats to pay for the rest
+        return per_pixel()
+    cells, row_of, col_of = compressed_grid(feats, rows)
     hu, wu = cells.shape[:2]
     factor = (h * w) / max(hu * wu, 1)
     if factor < MIN_FACTOR:  # the copies and gathers would cost about what they save
-        return predict_rows(np.ascontiguousarray(feats).reshape(-1, f)).reshape(h, w, -1), 1.0
+        return per_pixel()
     out = predict_rows(cells.reshape(-1, f)).reshape(hu, wu, -1)
     return out[row_of][:, col_of], factor
