@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 import pytest
-from app_helpers import canvas_rgba, chromium, serve
+from app_helpers import canvas_rgba, chromium, interior_scribble, serve
 from PIL import Image
 
 pytestmark = pytest.mark.browser
@@ -44,12 +44,7 @@ def files(tmp_path_factory, shared_data) -> dict:
     out = tmp_path_factory.mktemp("files")
     image = read_image(shared_data / "superalloy" / "isb_1.png")[:SIDE, :SIDE]
     gt = read_labels(shared_data / "superalloy" / "isb_1_gt.png")[:SIDE, :SIDE]
-    scribble = np.zeros_like(gt)
-    for value in (1, 2):
-        dist = ndimage.distance_transform_edt(np.pad(gt == value, 1))[1:-1, 1:-1]
-        ys, xs = np.nonzero(dist >= 5)
-        for k in np.linspace(0, len(ys) - 1, 6).astype(int):
-            scribble[ys[k] - 2: ys[k] + 3, xs[k] - 2: xs[k] + 3] = value
+    scribble = interior_scribble(gt)
     paths = {"image": out / "crop.png", "mirror": out / "mirror.png", "scribble": out / "crop_scribble.png"}
     Image.fromarray(np.ascontiguousarray(image)).save(paths["image"])
     Image.fromarray(np.ascontiguousarray(image[:, ::-1])).save(paths["mirror"])

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import skops.io as sio
 import tifffile
-from app_helpers import png, wait_job
+from app_helpers import interior_scribble, png, wait_job
 from fastapi.testclient import TestClient
 from PIL import Image
 
@@ -28,16 +28,7 @@ from hrdv2.io import read_image, read_labels
 @pytest.fixture(scope="module")
 def scribble(micrograph) -> np.ndarray:
     """Sparse scribbles from the ground truth: 5x5 squares deep inside each class's regions."""
-    from scipy import ndimage
-
-    _, gt = micrograph
-    out = np.zeros_like(gt)
-    for value in (1, 2):
-        dist = ndimage.distance_transform_edt(np.pad(gt == value, 1))[1:-1, 1:-1]
-        ys, xs = np.nonzero(dist >= 5)
-        for k in np.linspace(0, len(ys) - 1, 6).astype(int):
-            out[ys[k] - 2: ys[k] + 3, xs[k] - 2: xs[k] + 3] = value
-    return out
+    return interior_scribble(micrograph[1])
 
 
 @pytest.fixture
