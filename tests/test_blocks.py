@@ -263,6 +263,67 @@ def test_interrupted_run_leaves_no_target_and_resumes(tmp_path: Path, alloy: np.
     assert len(calls) == len(plan)
 
 
+@pytest.mark.parametrize("workers", [2, 3])
+def test_parallel_blocks_equal_serial_run_written_in_plan_order_with_bounded_memory(alloy: np.ndarray,
+                                                                                     workers: int) -> None:
+    import threading
+    import time
+
+    plan = plan_blocks(alloy.shape, 32, halo=5)
+    lock = threading.Lock()
+    running, most_running, read, written = [0], [0], [], []
+
+    def slow_filter(data, block):
+        with lock:
+            running[0] += 1
+            most_running[0] = max(most_running[0], running[0])
+        time.sleep(0.002 * (block.index % 3))  # blocks finish out of order
+        with lock:
+            running[0] -= 1
+        return ndi.uniform_filter(data.astype(np.float32), 3)
+
+    class Recorder(ArrayWriter):
+        def write(self, block, data):
+            assert len(read) - len(written) <= workers + 1  # never more blocks in memory than promised
+            written.append(block.index)
+            super().write(block, data)
+
+    class Reader:
+        def __getitem__(self, key):
+            read.append(key)
+            return alloy[key]
+
+    serial = map_blocks(alloy, plan, slow_filter, ArrayWriter(np.float32))
+    parallel = map_blocks(Reader(), plan, slow_filter, Recorder(np.float32), workers=workers)
+    np.testing.assert_array_equal(parallel, serial)
+    assert written == [b.index for b in plan]
+    assert 1 < most_running[0] <= workers
+
+
+def test_parallel_run_stops_at_a_failing_block_and_resumes(tmp_path: Path, alloy: np.ndarray) -> None:
+    """An error in one worker stops the run; every block before it in plan order is kept (written
+    and marked), none after it, and a re-run computes only the rest."""
+    target = tmp_path / "out.ome.zarr"
+    plan = plan_blocks(alloy.shape, 32)
+
+    def flaky(data, block):
+        if block.index == 6:
+            raise RuntimeError("disk full")
+        return data
+
+    with pytest.raises(RuntimeError, match="disk full"):
+        map_blocks(alloy, plan, flaky, OmeZarrWriter(target, np.uint8, key="k"), workers=2)
+    marked = sorted(int(p.name) for p in (target.with_name(target.name + ".partial") / "done").iterdir())
+    assert marked == list(range(6))
+    calls: list[int] = []
+    map_blocks(alloy, plan, lambda d, b: calls.append(b.index) or d, OmeZarrWriter(target, np.uint8, key="k"),
+               workers=2)
+    assert sorted(calls) == list(range(6, len(plan)))
+    np.testing.assert_array_equal(open_array(target)[:, :], alloy)
+    with pytest.raises(ValueError, match="workers"):
+        map_blocks(alloy, plan, _identity, ArrayWriter(np.uint8), workers=0)
+
+
 def test_tqdm_progress_counts_blocks(alloy: np.ndarray) -> None:
     import io
 
@@ -293,6 +354,19 @@ def test_label_pyramid_keeps_the_majority_class() -> None:
     labels = np.array([[1, 2, 5], [2, 3, 5]], np.uint8)  # odd width: the last column is replicated
     assert downsample2(labels, (0, 1), "labels").tolist() == [[2, 5]]
     assert downsample2(labels.astype(np.float32), (0, 1), "intensity").tolist() == [[2.0, 5.0]]
+
+
+@pytest.mark.parametrize("n_classes", [2, 3, 5, 200])
+def test_label_pyramid_mode_is_the_first_most_frequent_value_of_each_2x2(n_classes: int) -> None:
+    rng = np.random.default_rng(n_classes)
+    labels = rng.integers(0, n_classes, (3, 41, 57)).astype(np.uint8)  # a stack, odd sides
+    got = downsample2(labels, (1, 2), "labels")
+    padded = np.pad(labels, ((0, 0), (0, 1), (0, 1)), mode="edge")
+    expected = np.empty(got.shape, np.uint8)
+    for z, y, x in np.ndindex(*got.shape):
+        quad = [int(v) for v in padded[z, 2 * y : 2 * y + 2, 2 * x : 2 * x + 2].ravel()]  # C order: a, b, c, d
+        expected[z, y, x] = max(quad, key=quad.count)  # max() keeps the first of equal counts
+    np.testing.assert_array_equal(got, expected)
 
 
 def test_as_lazy_colour_convention() -> None:

@@ -42,6 +42,26 @@ def test_classical_blockwise_labels_equal_whole_image(alloy, classical_model, bl
     np.testing.assert_array_equal(segment_blockwise(classical_model, image, block_size=block), whole)
 
 
+def test_blocks_computed_side_by_side_give_the_serial_labels(alloy, classical_model, monkeypatch):
+    """Two (or three) blocks at once, each single-threaded, equal one block at a time; deep
+    features always run one block at a time (their tiles are shared between blocks)."""
+    from hrdv2.engine.blockwise import block_parallelism
+
+    image = alloy[0][:300, :333]
+    serial = segment_blockwise(classical_model, image, block_size=64, workers=1)
+    np.testing.assert_array_equal(segment_blockwise(classical_model, image, block_size=64, workers=3), serial)
+    np.testing.assert_array_equal(serial, classical_model.predict(image))
+    stack = np.stack([image, 255 - image])  # every page's statistics are ready before workers start
+    np.testing.assert_array_equal(segment_blockwise(classical_model, stack, block_size=100, workers=2),
+                                  np.stack([serial, classical_model.predict(255 - image)]))
+    monkeypatch.setattr("os.cpu_count", lambda: 16)
+    assert block_parallelism(None) == (2, 8) and block_parallelism(4) == (4, 4)
+    monkeypatch.setattr("os.cpu_count", lambda: 1)
+    assert block_parallelism(None) == (1, 1)
+    with pytest.raises(ConfigError, match="workers"):
+        block_parallelism(0)
+
+
 @pytest.mark.parametrize("band", [1 << 16, 1000, 7])
 def test_strided_block_features_are_classified_in_bands_with_the_same_result(alloy, classical_model, monkeypatch, band):
     """A block's features are a crop of its read window's: classified band by band (bands of any
@@ -88,6 +108,9 @@ def test_deep_blockwise_equals_whole_image_tiled_run(tiny_backbone):
     blocks = map_blocks(as_lazy(image), bf.plan, bf.features, ArrayWriter(np.float32, bf.n_features))
     assert blocks.shape == (90, 118, 384)
     np.testing.assert_allclose(blocks, tiled, atol=1e-5, rtol=0)  # no seams between blocks
+    assert not bf.parallel_safe  # tiles are shared between neighbouring blocks: one block at a time
+    with pytest.raises(ConfigError, match="one block at a time"):
+        bf.prepare_parallel()
     # one tile covering the whole image is the whole-image run itself
     np.testing.assert_allclose(tiled_features(engine, image, tile=140, overlap=14), engine.compute(image),
                                atol=1e-4, rtol=0)
@@ -186,7 +209,7 @@ def test_volume_mode_trains_on_two_slices_and_applies_by_bricks(shared_data, tmp
     seg = Segmenter.load(tmp_path / "v.skops")
     assert seg.features.volume and seg.features.spacing == (12.5, 1.0, 1.0)
     a = segment_blockwise(seg, vol, block_size=16)  # bricks smaller than the halo
-    b = segment_blockwise(seg, vol, block_size=64)
+    b = segment_blockwise(seg, vol, block_size=64, workers=1)
     np.testing.assert_array_equal(a, b)
     ids, cm = compact_confusion(list(zip(a, gt)))
     assert mean_iou(cm) > 0.6, mean_iou(cm)  # membranes vs cells from 5 % of two slices

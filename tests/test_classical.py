@@ -195,3 +195,41 @@ def test_banded_last_upsampling_equals_whole_image(monkeypatch):
         monkeypatch.undo()
         np.testing.assert_array_equal(banded, whole)
         np.testing.assert_array_equal(narrow, whole)
+
+
+@pytest.mark.parametrize("filters", ["default", "all", ["structure", "entropy", "neighbours", "median", "min"]])
+@pytest.mark.parametrize("pyramid", [True, False])
+def test_crop_equals_the_whole_image_cut_there(filters, pyramid):
+    """``crop=``: the full-resolution filters run on the window plus their support only, and the
+    return to full resolution is made inside the window only; the values are the whole call's,
+    bit for bit, at windows inside, at the edges, one pixel wide, and for colour images."""
+    rng = np.random.default_rng(4)
+    grey = (rng.random((97, 131)) ** 2).astype(np.float32)
+    colour = rng.random((61, 70, 3)).astype(np.float32)
+    for img, sigmas in ((grey, (1.0, 2.0, 4.0, 8.0)), (grey, (0.5, 1.0, 3.0)), (colour, (1.0, 2.0))):
+        whole = classical_features(img, sigmas, filters, pyramid=pyramid)
+        h, w = img.shape[:2]
+        for crop in [(slice(30, 60), slice(27, 101)), (slice(0, h), slice(5, 40)), (slice(3, 4), slice(0, 7)),
+                     (slice(h - 9, h), slice(w - 20, w)), (slice(-5, None), slice(None, 9))]:
+            part = classical_features(img, sigmas, filters, pyramid=pyramid, crop=crop, n_threads=1)
+            assert part.flags.c_contiguous
+            np.testing.assert_array_equal(part, whole[crop])
+    with pytest.raises(ShapeError, match="step 1"):
+        classical_features(grey, crop=(slice(0, 10, 2), slice(0, 10)))
+    with pytest.raises(ShapeError, match="non-empty"):
+        classical_features(grey, crop=(slice(10, 10), slice(0, 10)))
+
+
+def test_compiled_resampling_is_bit_identical_to_numpy(monkeypatch):
+    """Images of a megapixel or more return to full resolution through the compiled kernels;
+    their float32 operations are numpy's in numpy's order, so the features are the same bits."""
+    import hrdv2.features.classical as classical
+
+    rng = np.random.default_rng(5)
+    img = rng.random((1030, 1031)).astype(np.float32)  # odd sides, above COMPILED_MIN_PIXELS
+    crop = (slice(101, 1000), slice(3, 1030))
+    compiled = classical_features(img, filters="weka"), classical_features(img, crop=crop)
+    assert classical._compiled(img.size) is not None  # the kernels did run
+    monkeypatch.setattr(classical, "_compiled", lambda pixels: None)
+    np.testing.assert_array_equal(compiled[0], classical_features(img, filters="weka"))
+    np.testing.assert_array_equal(compiled[1], classical_features(img, crop=crop))

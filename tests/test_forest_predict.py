@@ -61,6 +61,16 @@ def test_float64_and_non_contiguous_input_and_threads():
     _check_equal(model, np.asfortranarray(test[:, :6]), threads=2)  # Fortran order, two threads
 
 
+def test_compiled_labels_follow_numpy_argmax_ties_included():
+    forest._kernel_module()  # loaded: labels_of uses the compiled pass
+    rng = np.random.default_rng(2)
+    probs = rng.integers(0, 4, (5000, 4)).astype(np.float32) / 4  # many exact ties
+    classes = np.array([3, 7, 9, 200], np.uint8)
+    np.testing.assert_array_equal(forest.labels_of(probs, classes), classes[np.argmax(probs, axis=-1)])
+    cube = probs.reshape(50, 100, 4)
+    np.testing.assert_array_equal(forest.labels_of(cube, classes), classes[np.argmax(cube, axis=-1)])
+
+
 def test_single_leaf_trees_and_values_on_thresholds():
     x, y = _data(200, 4, 3, seed=3)
     stumps = RandomForestClassifier(n_estimators=5, min_samples_split=10_000, random_state=0).fit(x, y)

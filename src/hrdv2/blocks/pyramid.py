@@ -20,6 +20,8 @@ def downsample2(x: np.ndarray, axes: Sequence[int], kind: str) -> np.ndarray:
     parts = [x]
     for a in axes:
         parts = [p[tuple(slice(o, None, 2) if i == a else slice(None) for i in range(x.ndim))] for p in parts for o in (0, 1)]
+    if kind == "labels" and len(parts) == 4:
+        return _mode4(*parts)
     if kind == "labels":
         stack = np.stack(parts)
         counts = np.zeros(stack.shape, np.uint8)
@@ -35,6 +37,20 @@ def downsample2(x: np.ndarray, axes: Sequence[int], kind: str) -> np.ndarray:
     if x.dtype.kind in "iu":
         return np.rint(acc).astype(x.dtype)
     return acc.astype(x.dtype, copy=False)
+
+
+def _mode4(a: np.ndarray, b: np.ndarray, c: np.ndarray, d: np.ndarray) -> np.ndarray:
+    """The most frequent of four values per element, ties to the first in (a, b, c, d) order: the
+    general rule above for 2x2 blocks, from the 6 pairwise comparisons instead of 16 on a stacked
+    copy (~3x faster; it runs on every level of a label pyramid)."""
+    ab, ac, ad, bc, bd, cd = a == b, a == c, a == d, b == c, b == d, c == d
+    na = ab.astype(np.uint8) + ac + ad
+    nb = ab.astype(np.uint8) + bc + bd
+    nc = ac.astype(np.uint8) + bc + cd
+    nd = ad.astype(np.uint8) + bd + cd
+    out = np.where(nc >= nd, c, d)
+    out = np.where((nb >= nc) & (nb >= nd), b, out)
+    return np.where((na >= nb) & (na >= nc) & (na >= nd), a, out)
 
 
 def pyramid_shapes(shape: Sequence[int], chunk: Sequence[int], n_levels: int | None = None) -> list[tuple[int, ...]]:

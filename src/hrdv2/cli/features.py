@@ -304,7 +304,7 @@ def _featurise_blockwise(engine, path: Path, out: Path, block_size: int | None, 
     key = f"{engine.config.key()}|{path.resolve()}:{st.st_size}:{st.st_mtime_ns}|{bf.plan.block_shape}|{tile}"
     writer = OmeZarrWriter(out / f"{stem}_features.ome.zarr", np.float32, bf.n_features, key=key)
     with tqdm(desc=path.name, unit="block", leave=False, disable=None) as bar:
-        target = map_blocks(lazy, bf.plan, bf.features, writer, progress=bar)
+        target = map_blocks(lazy, bf.plan, bf.features, writer, progress=bar, workers=bf.use_workers())
     if pca_png:
         _pyramid_pca_png(target, out / f"{stem}_pca.png")
     dims = "x".join(str(n) for n in reversed(lazy.spatial_shape))

@@ -19,11 +19,14 @@
   features (:mod:`hrdv2.engine.planes`), computed at the first brick and held (refused above a size).
 
 Memory is one block in flight (deep features: plus one tile and the held strip of the next
-block row, ``held_rows * W * C * 4`` bytes, refused above ``max_strip_bytes``).
+block row, ``held_rows * W * C * 4`` bytes, refused above ``max_strip_bytes``). Classical blocks
+may also run several at once (:meth:`BlockFeatures.prepare_parallel`, ``threads=1``): then as
+many blocks as workers are in flight.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any, Sequence
 
 import numpy as np
@@ -36,6 +39,23 @@ from hrdv2.errors import ConfigError, ResourceLimitError, ShapeError
 from hrdv2.features.blockwise import Normalisation, image_normalisation, normalise_block
 from hrdv2.features.classical import classical_alignment, classical_features, classical_halo
 from hrdv2.features.sets import n_classical, standardise
+
+
+MAX_PARALLEL_BLOCKS = 2  # classical blocks computed at once by default (each with cpus // 2 threads)
+
+
+def block_parallelism(workers: int | None) -> tuple[int, int]:
+    """(blocks computed at once, threads inside each block) for ``workers`` (None: the default).
+
+    Why two blocks by default: on 2 CPUs two single-threaded blocks side by side run 1.95x one
+    block, where one block on two threads reaches ~1.4x (its filter and forest stages do not split
+    evenly); more blocks at once would only add memory (one block's features each: ~0.4 GB at the
+    default block size). Larger machines give each of the two blocks ``cpus // 2`` threads."""
+    cpus = max(1, os.cpu_count() or 1)
+    blocks = min(cpus, MAX_PARALLEL_BLOCKS) if workers is None else int(workers)
+    if blocks < 1:
+        raise ConfigError(f"workers must be at least 1, got {workers}.")
+    return blocks, max(1, cpus // blocks)
 
 
 MAX_STRIP_BYTES = 2 * 1024**3  # deep tile parts held between blocks: ViT-S (384 ch), tile 448 -> images up to ~21k px wide
@@ -59,13 +79,17 @@ class BlockFeatures:
 
     ``block_size``: write-window side in px; ``tile`` / ``overlap``: the deep features' tile grid;
     ``max_strip_bytes``: the most deep-feature bytes held between blocks (refused above it).
+    ``threads``: threads of the classical filters inside one block (None: all CPUs; 1 when
+    several blocks run at once, see :attr:`parallel_safe`).
     Call ``features(data, block)`` with ``data = source[block.read]``: it returns the block's
     write-window features ``(1, h, w, F)`` for a stack, ``(h, w, F)`` for an image.
     """
 
     def __init__(self, engine: FeatureEngine, source: LazyArray, block_size: int = DEFAULT_BLOCK_SIZE,
-                 tile: int = DEFAULT_TILE, overlap: int = DEFAULT_OVERLAP, max_strip_bytes: int = MAX_STRIP_BYTES):
+                 tile: int = DEFAULT_TILE, overlap: int = DEFAULT_OVERLAP, max_strip_bytes: int = MAX_STRIP_BYTES,
+                 threads: int | None = None):
         config = engine.config
+        self.threads = threads
         if config.uses_deep and config.pca_components:
             raise ConfigError("a per-image PCA (pca_components) needs the whole image; block-wise deep features are "
                               "written uncompressed (a Segmenter's learnt PCA still applies).")
@@ -148,6 +172,33 @@ class BlockFeatures:
             return int(self.engine.backbone.feature_dim(config.facet, config.layer))
         return n_classical(config, self.source.channels or 1)
 
+    @property
+    def parallel_safe(self) -> bool:
+        """Whether ``features`` may run for several blocks at once (after :meth:`prepare_parallel`):
+        classical features only. Deep tiles are shared between neighbouring blocks in raster order
+        (:class:`~hrdv2.engine.tiling.TileStore`), and the ViT already uses every CPU."""
+        return not self.engine.config.uses_deep
+
+    def prepare_parallel(self) -> None:
+        """Compute every page's normalisation now, on the calling thread: blocks computed in worker
+        threads then only read these statistics, and only the calling thread reads the source."""
+        if not self.parallel_safe:
+            raise ConfigError("deep features are computed one block at a time (tiles are shared between blocks).")
+        pages = [-1] if self.volume else range(self.source.spatial_shape[0]) if self.stacked else [0]
+        for z in pages:
+            self.normalisation(z)
+
+    def use_workers(self, workers: int | None = None) -> int:
+        """Blocks to compute at once (``map_blocks(..., workers=...)``) for ``workers`` (None: the
+        default of :func:`block_parallelism`), with the filter threads per block set to match and
+        the statistics prepared; 1 for deep features."""
+        blocks, threads = block_parallelism(workers)
+        if not self.parallel_safe or blocks == 1:
+            return 1
+        self.threads = threads
+        self.prepare_parallel()
+        return blocks
+
     def page(self, z: int) -> Any:
         return PageView(self.source, z) if self.stacked else self.source
 
@@ -193,11 +244,11 @@ class BlockFeatures:
             store.done(pos)
             if config.kind == "hybrid":
                 mean_c, std_c, mean_d, std_d = self.hybrid_statistics(z)
-                cls = classical_features(x, config.sigmas, config.filters)[block.crop[-2:]]
+                cls = classical_features(x, config.sigmas, config.filters, n_threads=self.threads, crop=block.crop[-2:])
                 feats = np.concatenate([standardise(cls, mean_c, std_c)[0], standardise(feats, mean_d, std_d)[0]], -1)
         else:
             crop = block.crop[-2:]
-            feats = classical_features(x, config.sigmas, config.filters)[crop]
+            feats = classical_features(x, config.sigmas, config.filters, n_threads=self.threads, crop=crop)
         return feats[None] if self.stacked else feats
 
     def hybrid_statistics(self, z: int) -> tuple[np.ndarray, ...]:
@@ -286,4 +337,4 @@ def block_sizes_for(kind: str, requested: int | None, tile: int = DEFAULT_TILE, 
     return DEFAULT_BLOCK_SIZE if kind == "classical" else tile - overlap
 
 
-__all__: Sequence[str] = ["BlockFeatures", "PageView", "tiled_features", "block_sizes_for"]
+__all__: Sequence[str] = ["BlockFeatures", "PageView", "tiled_features", "block_sizes_for", "block_parallelism"]

@@ -32,6 +32,7 @@ from hrdv2.features.sets import NORMALISE, PERCENTILES
 
 SUBSAMPLE = 262144  # normalise_image's percentile subsample: every (N // SUBSAMPLE)-th pixel
 _SCAN_BLOCK = 1024  # block side of the statistics pass (memory only; results do not depend on it)
+_BAND_PIXELS = 1 << 22  # pixels per band of whole rows read by image_percentiles (memory only)
 
 
 @dataclass(frozen=True)
@@ -54,25 +55,23 @@ def _blocks(array: LazyArray) -> BlockPlan:
 
 def image_percentiles(array: LazyArray | np.ndarray, percentiles: Sequence[float] = PERCENTILES) -> np.ndarray:
     """(len(percentiles), C) percentiles of the float32 pixels, per channel (C = 1 for grey), on the
-    subsample ``normalise_image`` uses, read block by block: identical to its values."""
+    subsample ``normalise_image`` uses (every ``step``-th pixel in raster order), read in bands of
+    whole rows: identical to its values. In a band the picked pixels are one strided slice of the
+    flattened band, so only they are converted (~0.02 s per 16 Mpx, not ~0.4 s with an index array)."""
     array = as_lazy(array)
     spatial = array.spatial_shape
     n = int(np.prod(spatial))
     step = max(1, n // SUBSAMPLE)
-    strides = [int(np.prod(spatial[i + 1 :])) for i in range(len(spatial))]
+    lead, (h, w) = spatial[:-2], spatial[-2:]
+    band = max(1, _BAND_PIXELS // max(w, 1))
     picked: list[np.ndarray] = []
-    for block in _blocks(array):
-        data = array[block.write].astype(np.float32)
-        chans = data[..., None] if not array.has_channels else data
-        if step == 1:
-            picked.append(chans.reshape(-1, chans.shape[-1]))
-            continue
-        flat = np.zeros(block.write_shape, np.int64)
-        for ax, (sl, st) in enumerate(zip(block.write, strides)):
-            shape = [1] * len(spatial)
-            shape[ax] = sl.stop - sl.start
-            flat = flat + (np.arange(sl.start, sl.stop, dtype=np.int64) * st).reshape(shape)
-        picked.append(chans[flat % step == 0])
+    for page in np.ndindex(*lead):
+        for y0 in range(0, h, band):
+            y1 = min(h, y0 + band)
+            data = array[tuple(slice(i, i + 1) for i in page) + (slice(y0, y1), slice(0, w))]
+            flat = data.reshape(-1, data.shape[-1] if array.has_channels else 1)
+            first = int(np.ravel_multi_index(page + (y0, 0), spatial))  # flat index of the band's first pixel
+            picked.append(flat[(-first) % step :: step].astype(np.float32))
     values = np.concatenate(picked, axis=0)
     return np.percentile(values, list(percentiles), axis=0)
 
@@ -145,7 +144,7 @@ def classical_block(
     x = normalise_block(data, norm)
     if x.ndim == 3 and x.shape[-1] == 1:
         x = x[..., 0]
-    return classical_features(x, sigmas, filters, **options)[block.crop]
+    return classical_features(x, sigmas, filters, crop=block.crop, **options)
 
 
 def blockwise_classical_features(

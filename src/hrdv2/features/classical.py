@@ -261,10 +261,11 @@ def _cross_entropy_r1(q: np.ndarray, bins: int) -> np.ndarray:
     return lut[prod]
 
 
-def _rank_group(mean_img, sq_img, min_img, max_img, hist, r_lvl: float, filters: Sequence[str]) -> dict:
+def _rank_group(mean_img, sq_img, min_img, max_img, hist, r_lvl: float, filters: Sequence[str], bins: int) -> dict:
     """Disk statistics at one level. ``mean_img`` / ``sq_img`` are block means of x and x^2 (so the
     variance over the disk keeps the within-block part that block averaging removes from x);
-    ``hist`` is (bins, h, w) block histograms, or at full resolution the (h, w) uint8 grey-bin image."""
+    ``hist`` is (bins, h, w) block histograms, or at full resolution the (h, w) uint8 grey-bin image
+    (``bins`` grey bins: every bin counts, so a window's result never depends on which it holds)."""
     out: dict[str, np.ndarray] = {}
     fp = _disk(r_lvl)
     w = (fp / fp.sum()).astype(np.float32)
@@ -283,9 +284,9 @@ def _rank_group(mean_img, sq_img, min_img, max_img, hist, r_lvl: float, filters:
         out["median"] = ndi.median_filter(mean_img, footprint=fp, mode="reflect")
     if "entropy" in filters and hist is not None and hist.ndim == 2:
         if fp.sum() == 5:
-            out["entropy"] = _cross_entropy_r1(hist, int(hist.max()) + 1)
+            out["entropy"] = _cross_entropy_r1(hist, bins)
         else:  # larger disk at full resolution (pyramid off): one-hot maps, averaged over the disk
-            hist = np.stack([(hist == b).astype(np.float32) for b in range(int(hist.max()) + 1)])
+            hist = np.stack([(hist == b).astype(np.float32) for b in range(bins)])
     if "entropy" in filters and hist is not None and hist.ndim == 3:
         ent = np.zeros(mean_img.shape, np.float32)
         for b in range(hist.shape[0]):
@@ -333,6 +334,25 @@ def _upsample_axis0(src: np.ndarray, dst: np.ndarray) -> None:
     od[-1] = src[-1]
 
 
+COMPILED_MIN_PIXELS = 1 << 20  # images this large use the compiled kernels (numba: ~0.5 s to import)
+_KERNEL_MODULE = "hrdv2.features._resample_kernel"
+
+
+def _compiled(pixels: int):
+    """The compiled resampling kernels for an image of ``pixels`` pixels, or None (numpy's). Small
+    images never import numba (the classical train stays quick to start); both give the same bits."""
+    import sys
+
+    if pixels < COMPILED_MIN_PIXELS and _KERNEL_MODULE not in sys.modules:
+        return None
+    try:
+        import importlib
+
+        return importlib.import_module(_KERNEL_MODULE)
+    except ImportError:  # numba missing: numpy's version, same values, slower
+        return None
+
+
 def _upsample2(x: np.ndarray) -> np.ndarray:
     """(h, w, K) -> (2h, 2w, K) bilinear, block-centre aligned, channels last.
 
@@ -344,6 +364,11 @@ def _upsample2(x: np.ndarray) -> np.ndarray:
     numpy's on purpose: numpy asks the kernel for huge pages on large arrays, and first-touch
     page faults on fresh buffers without them cost ~0.5 ms/MB here (measured)."""
     h, w, k = x.shape
+    kernels = _compiled(4 * h * w)
+    if kernels is not None:
+        buf = np.empty((2 * h, 2 * w, k), np.float32)
+        kernels.upsample2_into(np.ascontiguousarray(x, np.float32), buf, 0, 0, 0)
+        return buf
     mid = np.empty((h, 2 * w, k), np.float32)
     _upsample_axis0(x.transpose(1, 0, 2), mid.transpose(1, 0, 2))
     buf = np.empty((2 * h, 2 * w, k), np.float32)
@@ -362,22 +387,31 @@ def _runs(idx: Sequence[int]) -> list[tuple[int, int, int]]:
     return runs
 
 
-def _write_block(out: np.ndarray, start: int, planes: np.ndarray) -> None:
-    """out[:, :, start:start+C] = planes (C, H', W') cropped to out's size: one transposing copy.
-    numpy's, single-threaded on purpose: torch's parallel copy of these few-channel blocks took
-    3x longer with 2 threads than with 1 (measured; likely both threads writing the same lines)."""
+def _write_block(out: np.ndarray, start: int, planes: np.ndarray, origin: tuple[int, int] = (0, 0)) -> None:
+    """out[:, :, start:start+C] = planes (C, H', W') from row/column ``origin`` on, cropped to
+    out's size: one transposing copy (compiled for large images; else numpy's, single-threaded on
+    purpose: torch's parallel copy of these few-channel blocks took 3x longer with 2 threads than
+    with 1, measured; likely both threads writing the same lines)."""
     H, W = out.shape[:2]
-    np.copyto(out[:, :, start : start + planes.shape[0]], planes[:, :H, :W].transpose(1, 2, 0))
+    (y0, x0) = origin
+    kernels = _compiled(H * W)
+    if kernels is not None:
+        kernels.planes_into(planes, out, start, y0, x0)
+        return
+    np.copyto(out[:, :, start : start + planes.shape[0]], planes[:, y0 : y0 + H, x0 : x0 + W].transpose(1, 2, 0))
 
 
 _BAND = 64  # output rows per step of the last upsampling (even)
 
 
-def _cascade(pending: dict[int, list[tuple[list[int], np.ndarray]]], out: np.ndarray) -> None:
+def _cascade(pending: dict[int, list[tuple[list[int], np.ndarray]]], out: np.ndarray,
+             origin: tuple[int, int] = (0, 0)) -> None:
     """Bring every pyramid level back to full resolution in one chain: coarsest level up 2x, joined
     by the next level's channels, up 2x again, ... so each value is interpolated in a few cheap
-    small steps and only one (H, W, K) upsample touches full resolution."""
+    small steps and only one (H, W, K) upsample touches full resolution, and only inside ``out``,
+    whose pixel (0, 0) is full-resolution pixel ``origin``."""
     H, W = out.shape[:2]
+    oy, ox = origin
     acc: np.ndarray | None = None
     acc_idx: list[int] = []
     f = max(pending)
@@ -395,14 +429,20 @@ def _cascade(pending: dict[int, list[tuple[list[int], np.ndarray]]], out: np.nda
         f //= 2
     if acc is None:
         return
+    runs = _runs(acc_idx)
+    kernels = _compiled(H * W)
+    if kernels is not None:  # the last 2x step computed straight into each run of output channels
+        for j, start, n in runs:
+            kernels.upsample2_into(np.ascontiguousarray(acc[:, :, j : j + n]), out, start, oy, ox)
+        return
     # the last 2x step straight into the output, a band of rows at a time: no full-size
     # temporary, and each band is still in cache when it is copied
-    runs = _runs(acc_idx)
     h = acc.shape[0]
     for y0 in range(0, H, _BAND):
         y1 = min(y0 + _BAND, H)
-        r0, r1 = max(y0 // 2 - 1, 0), min((y1 + 1) // 2 + 1, h)  # source rows + 1-row halo
-        up = _upsample2(acc[r0:r1])[y0 - 2 * r0 : y1 - 2 * r0, :W]
+        g0, g1 = oy + y0, oy + y1  # full-resolution rows
+        r0, r1 = max(g0 // 2 - 1, 0), min((g1 + 1) // 2 + 1, h)  # source rows + 1-row halo
+        up = _upsample2(acc[r0:r1])[g0 - 2 * r0 : g1 - 2 * r0, ox : ox + W]
         for j, start, n in runs:
             np.copyto(out[y0:y1, :, start : start + n], up[:, :, j : j + n])
 
@@ -421,11 +461,14 @@ def classical_features(
     entropy_bins: int = 8,
     n_threads: int | None = None,
     progress: Progress = None,
+    crop: Sequence[slice] | None = None,
 ) -> np.ndarray:
     """(H, W, F) float32 filter responses; channel ``i`` is ``feature_names(...)[i]``.
 
     ``image``: (H, W) grey or (H, W, C) colour, any dtype (mapped to [0, 1] by ``to_float01``
-    per channel for float/16-bit images, /255 for uint8).
+    per channel for float/16-bit images, /255 for uint8). ``crop``: (rows, columns) slices with
+    steps of 1: only that window of the result is returned (C-contiguous), with the values of the
+    whole call there; the full-resolution output (most of the memory traffic) is only made there.
     """
     sigmas = tuple(float(s) for s in sigmas)
     filters = resolve_filters(filters)
@@ -442,17 +485,24 @@ def classical_features(
     H, W = chans[0].shape
     names = feature_names(len(chans), sigmas, filters)
     index = {n: i for i, n in enumerate(names)}
-    out = np.empty((H, W, len(names)), np.float32)
+    window = _window(crop, (H, W))
+    origin = (window[0].start, window[1].start)
+    out = np.empty((window[0].stop - origin[0], window[1].stop - origin[1], len(names)), np.float32)
     levels = sorted({_level_of(s, base_sigma, pyramid) for s in sigmas})
     fmax = levels[-1]
     Hp, Wp = -(-H // fmax) * fmax, -(-W // fmax) * fmax
     workers = n_threads or min(8, os.cpu_count() or 1)
     jobs: list[tuple[int, Callable[[], dict], int, str]] = []  # (channel, fn, level, sigma label)
 
+    # full-resolution jobs only need the window plus their own support: cut there (same values)
+    fine = _fine_window(window, (Hp, Wp), sigmas, filters, base_sigma, pyramid, membrane_size)
+    fine_origin = (origin[0] - fine[0].start, origin[1] - fine[1].start)
+
     for ci, x in enumerate(chans):
         prefix = "" if len(chans) == 1 else f"c{ci}:"
+        xf = x[fine]
         if "intensity" in filters:
-            jobs.append((ci, lambda x=x: {"intensity": x}, 1, prefix + "{}"))
+            jobs.append((ci, lambda x=xf: {"intensity": x}, 1, prefix + "{}"))
         # pyramids of block means / minima / maxima / histograms
         xp = np.pad(x, ((0, Hp - H), (0, Wp - W)), mode="edge") if (Hp, Wp) != (H, W) else x
         pyr = {1: (xp, xp, xp)}
@@ -478,6 +528,12 @@ def classical_features(
             elif h is not None:
                 hists[2 * f] = np.stack([_block(hb, "mean") for hb in h])
             f *= 2
+        # level 1 as the full-resolution jobs see it: cut to the fine window (pyramid levels above
+        # were built from the whole image)
+        xpf = xp[fine]
+        pyr[1] = (xpf, xpf, xpf)
+        hists[1] = None if hists[1] is None else hists[1][fine]
+        jacs[1] = None if jacs[1] is None else tuple(j[fine] for j in jacs[1])
         prev = 0.0
         for s in sigmas:
             lv = _level_of(s, base_sigma, pyramid)
@@ -494,19 +550,19 @@ def classical_features(
             if any(k in filters for k in ("mean", "variance", "min", "max", "median", "entropy")):
                 jobs.append(
                     (ci, lambda m=m, mn=mn, mx=mx, lv=lv, s=s: _rank_group(
-                        m, squares.get(lv), mn, mx, hists[lv], s / lv, filters), lv, lab)
+                        m, squares.get(lv), mn, mx, hists[lv], s / lv, filters, entropy_bins), lv, lab)
                 )
             if "derivatives" in filters:
                 jobs.append((ci, lambda m=m, s=s, lv=lv: _extra.derivatives(m, _level_sigma(s, lv), lv), lv, lab))
             if "neighbours" in filters:  # shifted copies of the raw image: full resolution, a copy each
-                jobs.append((ci, lambda x=x, s=s: _extra.neighbours(x, s), 1, lab))
+                jobs.append((ci, lambda x=xf, s=s: _extra.neighbours(x, s), 1, lab))
             prev = s
         if "membrane" in filters:  # thin lines survive 2x2 averaging at half contrast: run at half size
             mlv = 2 if pyramid and fmax >= 2 else 1
             msize = membrane_size // mlv + 1 if mlv > 1 else membrane_size
             jobs.append((ci, lambda m=pyr[mlv][0], ms=msize: _membrane(m, ms, membrane_angles), mlv, prefix + "{}"))
         if "bilateral" in filters:
-            jobs.append((ci, lambda x=x: _extra.bilateral(x), 1, prefix + "{}"))
+            jobs.append((ci, lambda x=xf: _extra.bilateral(x), 1, prefix + "{}"))
 
     total = len(jobs) + 1  # + the return of the pyramid levels to full resolution
     pending: dict[int, list[tuple[list[int], np.ndarray]]] = {}  # level -> (channel ids, (k, h, w))
@@ -521,7 +577,7 @@ def classical_features(
             pending.setdefault(lv, []).append((idx, planes))  # upsampled together by _cascade
         else:
             for j, start, n in _runs(idx):
-                _write_block(out, start, planes[j : j + n])
+                _write_block(out, start, planes[j : j + n], fine_origin)
         return 1
 
     done = 0
@@ -539,7 +595,7 @@ def classical_features(
             run(job)
             tick()
         if pending:
-            _cascade(pending, out)
+            _cascade(pending, out, origin)
         tick()
     else:
         with ThreadPoolExecutor(max_workers=workers) as pool:
@@ -551,7 +607,7 @@ def classical_features(
                 for fut in coarse_done:
                     fut.result()
                 if pending:
-                    _cascade(pending, out)
+                    _cascade(pending, out, origin)
 
             cascade_done = pool.submit(cascade)
             fine_done = [pool.submit(run, j) for j in fine]
@@ -559,6 +615,43 @@ def classical_features(
                 fut.result()
                 tick()
     return out
+
+
+def _window(crop: Sequence[slice] | None, shape: tuple[int, int]) -> tuple[slice, slice]:
+    """``crop`` as two plain slices inside ``shape`` (the whole image for None)."""
+    if crop is None:
+        return slice(0, shape[0]), slice(0, shape[1])
+    if len(crop) != 2:
+        raise ShapeError(f"crop needs (rows, columns) slices, got {len(crop)}.")
+    out = []
+    for sl, n in zip(crop, shape):
+        start, stop, step = sl.indices(n)
+        if step != 1 or stop <= start:
+            raise ShapeError(f"crop {sl} of an axis of {n} px: need a non-empty window with step 1.")
+        out.append(slice(start, stop))
+    return out[0], out[1]
+
+
+def _fine_window(window: tuple[slice, slice], padded: tuple[int, int], sigmas: Sequence[float],
+                 filters: Sequence[str], base_sigma: float, pyramid: bool, membrane_size: int) -> tuple[slice, slice]:
+    """The part of the (padded) image the full-resolution jobs need for ``window``: the window
+    grown by their largest support (a :func:`classical_halo` of the level-1 sigmas, which also
+    counts the level-1 form of the structure tensor and membranes, so it errs on the large side;
+    neighbours shift by every sigma), clipped to the image. Filters see the same pixels around each
+    output pixel as on the whole image, so the values are identical (a test holds that); the
+    bilateral filter's running box sums are not position-free, so with it nothing is cut."""
+    if "bilateral" in filters:  # its box sums run along each line: values depend on where a line starts
+        return tuple(slice(0, n) for n in padded)  # type: ignore[return-value]
+    fine_sigmas = [s for s in sigmas if _level_of(s, base_sigma, pyramid) == 1]
+    margin = classical_halo(fine_sigmas, filters, base_sigma=base_sigma, pyramid=pyramid,
+                            membrane_size=membrane_size) if fine_sigmas else 0
+    if "membrane" in filters:
+        margin = max(margin, classical_halo(sigmas[:1], ["membrane"], base_sigma=1.0, pyramid=False,
+                                            membrane_size=membrane_size))
+    if "neighbours" in filters and sigmas:
+        margin = max(margin, max(1, int(round(max(sigmas)))))
+    return tuple(slice(max(0, w.start - margin), min(n, w.stop + margin))  # type: ignore[return-value]
+                 for w, n in zip(window, padded))
 
 
 # --------------------------------------------------------------------------- block-wise support

@@ -53,3 +53,19 @@ def predict_rows(x, n_features, nodes_i, nodes_f, missing_right, value, roots, d
         for r in range(g):
             for c in range(k):
                 out[start + r, c] = acc[r, c] / n_trees
+
+
+@numba.njit(cache=True, nogil=True, boundscheck=False)
+def argmax_rows(probs, classes, out):  # pragma: no cover (compiled)
+    """out[i] = classes[first c with the largest probs[i, c]] (np.argmax's rule for rows without
+    NaN), in one pass: numpy's argmax along a 4-wide last axis took ~30 ms per Mpx (measured)."""
+    k = probs.shape[1]
+    for i in range(probs.shape[0]):
+        best = probs[i, 0]
+        arg = 0
+        for c in range(1, k):
+            v = probs[i, c]
+            if v > best:
+                best = v
+                arg = c
+        out[i] = classes[arg]

@@ -19,21 +19,23 @@ from hrdv2.engine.blockwise import BlockFeatures, block_sizes_for
 from hrdv2.engine.tiling import DEFAULT_OVERLAP, DEFAULT_TILE
 from hrdv2.errors import ConfigError, ShapeError
 from hrdv2.segmentation.compressed import predict_compressed
+from hrdv2.segmentation.forest import labels_of
 
 BLOCK_FORMATS = ("ome-zarr", "bigtiff")
 BAND_PIXELS = 1 << 16  # feature rows classified per call when a block's features are a strided crop
 
 
-def classify_block(seg: Any, feats: np.ndarray) -> np.ndarray:
+def classify_block(seg: Any, feats: np.ndarray, threads: int | None = None) -> np.ndarray:
     """(N, K) class probabilities of a block's (..., F) features, N = the block's pixels.
 
     A block's classical features are a crop of its read window's, so flattening them whole would
     copy ~150 MB per 1024² block into fresh memory (page faults included: ~0.2-0.9 s measured on
     this 2-CPU machine); bands of ``BAND_PIXELS`` rows are copied into memory that is reused and
-    stays in cache (~0.1 s for the same block). The result is the same.
+    stays in cache (~0.1 s for the same block). The result is the same. ``threads``: of the
+    compiled forest (see :meth:`Segmenter.predict_proba_features`).
     """
     if feats.ndim != 3 or feats.flags.c_contiguous:
-        return seg.predict_proba_features(feats.reshape(-1, feats.shape[-1]))
+        return seg.predict_proba_features(feats.reshape(-1, feats.shape[-1]), threads)
     from hrdv2.segmentation.forest import fast_forest
 
     h, w, f = feats.shape
@@ -42,7 +44,7 @@ def classify_block(seg: Any, feats: np.ndarray) -> np.ndarray:
     step = max(1, BAND_PIXELS // max(w, 1))
     for y in range(0, h, step):
         band = np.ascontiguousarray(feats[y : y + step]).reshape(-1, f)
-        out[y * w : y * w + band.shape[0]] = seg.predict_proba_features(band)
+        out[y * w : y * w + band.shape[0]] = seg.predict_proba_features(band, threads)
     return out
 
 
@@ -68,6 +70,7 @@ def segment_blockwise(
     proba_writer: BlockWriter | None = None,
     progress: Any = None,
     resume: bool = True,
+    workers: int | None = None,
 ) -> Any:
     """Labels (uint8 class ids; ``proba=True``: float32 class probabilities, channel-last) of an
     image ``(Y, X[, C])`` or stack ``(Z, Y, X[, C])``, block by block.
@@ -75,7 +78,9 @@ def segment_blockwise(
     ``writer`` receives each block (default: an in-memory array, returned). ``proba_writer``
     additionally receives the probabilities of the same blocks in the same pass (written before
     the block's labels, so a block whose labels are done has its probabilities too). Returns
-    ``writer.finish()``: the output path for disk writers.
+    ``writer.finish()``: the output path for disk writers. ``workers``: classical blocks computed
+    at once (None: :func:`~hrdv2.engine.blockwise.block_parallelism`'s default; deep features run
+    one block at a time).
     """
     seg._check_fitted()
     if seg.crf:
@@ -88,6 +93,12 @@ def segment_blockwise(
                          f"{channels}; convert it, or train a model on images like it.")
     size = block_sizes_for(seg.features.kind, block_size, tile, overlap, seg.features.volume)
     bf = BlockFeatures(seg.engine, lazy, size, tile=tile, overlap=overlap)
+    blocks_at_once = bf.use_workers(workers)
+    threads = bf.threads
+    if blocks_at_once > 1:
+        from hrdv2.segmentation.forest import fast_forest
+
+        fast_forest(seg, seg.model_, int(np.prod(lazy.spatial_shape)))  # packed once here, not in each worker
     classes = seg.classes_.astype(np.uint8)
 
     def func(data: np.ndarray, block) -> np.ndarray:
@@ -95,18 +106,18 @@ def segment_blockwise(
         if seg.features.kind == "deep" and feats.ndim == 3:  # one prediction per distinct cell
             probs = predict_compressed(feats, seg.predict_proba_features)[0].reshape(-1, len(classes))
         else:
-            probs = classify_block(seg, feats)
+            probs = classify_block(seg, feats, threads)
         if proba_writer is not None:
             proba_writer.write(block, probs.reshape(feats.shape[:-1] + (probs.shape[-1],)))
         if proba:
             return probs.reshape(feats.shape[:-1] + (probs.shape[-1],))
-        return classes[np.argmax(probs, axis=-1)].reshape(feats.shape[:-1])
+        return labels_of(probs, classes).reshape(feats.shape[:-1])
 
     if writer is None:
         writer = ArrayWriter(np.float32 if proba else np.uint8, len(classes) if proba else None)
     if proba_writer is not None:
         proba_writer.start(bf.plan, resume=resume)
-    result = map_blocks(lazy, bf.plan, func, writer, progress=progress, resume=resume)
+    result = map_blocks(lazy, bf.plan, func, writer, progress=progress, resume=resume, workers=blocks_at_once)
     if proba_writer is not None:
         proba_writer.finish()
     return result

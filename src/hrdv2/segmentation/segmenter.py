@@ -296,9 +296,10 @@ class Segmenter:
             probs = dense_crf(image, probs, **self.crf_params)
         return probs
 
-    def predict_proba_features(self, flat: np.ndarray) -> np.ndarray:
+    def predict_proba_features(self, flat: np.ndarray, threads: int | None = None) -> np.ndarray:
         """(N, K) float32 class probabilities of (N, F) feature rows (as ``featurise`` makes them);
-        the block-wise apply classifies each block's features with it."""
+        the block-wise apply classifies each block's features with it. ``threads``: of the
+        compiled forest (None: the model's ``n_jobs``; block-wise runs pass 1 per parallel block)."""
         self._check_fitted()
         if flat.ndim != 2 or flat.shape[1] != self.n_features_in_:
             raise ShapeError(f"feature rows of shape {flat.shape}; the model needs (N, {self.n_features_in_}).")
@@ -310,15 +311,17 @@ class Segmenter:
             for s in range(0, flat.shape[0], PREDICT_CHUNK):
                 rows = self._rows(flat[s : s + PREDICT_CHUNK])
                 if fast is not None:
-                    fast(rows, out[s : s + PREDICT_CHUNK])
+                    fast(rows, out[s : s + PREDICT_CHUNK], threads)
                 else:
                     out[s : s + PREDICT_CHUNK] = self.model_.predict_proba(rows)
         return out
 
     def predict(self, image: np.ndarray, features: np.ndarray | None = None, progress: Progress = None) -> np.ndarray:
         """(H, W) uint8 label map with the trained class ids."""
+        from hrdv2.segmentation.forest import labels_of
+
         probs = self.predict_proba(image, features, progress=progress)
-        return self.classes_.astype(np.uint8)[np.argmax(probs, axis=-1)]
+        return labels_of(probs, self.classes_.astype(np.uint8))
 
     # ------------------------------------------------------------------ persistence
     def _state(self) -> dict:
