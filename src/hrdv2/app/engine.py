@@ -153,6 +153,12 @@ class Engine:
 
     def model(self, project_id: int):
         """The project's current model: from memory, else from its skops file (trusted-types check)."""
+        return self.versioned_model(project_id)[1]
+
+    def versioned_model(self, project_id: int) -> tuple[int, Any]:
+        """(version, model) read together: a caller that tags results with a version must take
+        both from here (reading the version separately let a CRF change in between tag the old
+        model's prediction with the new version, which then never got redone)."""
         project = self.store.get_project(project_id)
         version = project["model_version"]
         if not project["has_model"]:
@@ -160,7 +166,7 @@ class Engine:
                              "two classes and press Train.")
         cached = self._models.get(project_id)
         if cached and cached[0] == version:
-            return cached[1]
+            return version, cached[1]
         path = self.model_path(project_id)
         meta = path.with_suffix(".json")
         if not path.is_file() or not meta.is_file() or json.loads(meta.read_text())["version"] != version:
@@ -174,7 +180,7 @@ class Engine:
         except Exception as exc:
             raise ModelFileError(f"{path}: cannot be loaded ({exc}); press Train to build a new model.") from exc
         self._models[project_id] = (version, seg)
-        return seg
+        return version, seg
 
     def _save_in_background(self, project_id: int, version: int, seg: Any) -> None:
         """Write the skops file off the critical path (the overlay should not wait ~0.5 s for it).
@@ -397,14 +403,12 @@ class Engine:
 
     def predict_job(self, job: Job, image_id: int) -> dict:
         image = self.store.get_image(image_id)
-        seg = self.model(image["project_id"])
-        version = self.store.get_project(image["project_id"])["model_version"]
+        version, seg = self.versioned_model(image["project_id"])
         self.predict(image, seg, version, job.progress_callback(f"features for {image['name']}", 0, 0.8))
         return {"image_id": image_id, "model_version": version}
 
     def apply_all_job(self, job: Job, project_id: int) -> dict:
-        seg = self.model(project_id)
-        version = self.store.get_project(project_id)["model_version"]
+        version, seg = self.versioned_model(project_id)
         images = self.store.list_images(project_id)
         classes = self.store.list_classes(project_id)
         rows, skipped = [], []
