@@ -54,6 +54,9 @@ def test_blocks_computed_side_by_side_give_the_serial_labels(alloy, classical_mo
     stack = np.stack([image, 255 - image])  # every page's statistics are ready before workers start
     np.testing.assert_array_equal(segment_blockwise(classical_model, stack, block_size=100, workers=2),
                                   np.stack([serial, classical_model.predict(255 - image)]))
+    big = np.tile(image, (4, 4))[:1030, :1031]  # a megapixel: numba kernels loaded beside the statistics pass
+    np.testing.assert_array_equal(segment_blockwise(classical_model, big, block_size=512, workers=2),
+                                  classical_model.predict(big))
     monkeypatch.setattr("os.cpu_count", lambda: 16)
     assert block_parallelism(None) == (2, 8) and block_parallelism(4) == (4, 4)
     monkeypatch.setattr("os.cpu_count", lambda: 1)

@@ -495,12 +495,12 @@ def classical_features(
     jobs: list[tuple[int, Callable[[], dict], int, str]] = []  # (channel, fn, level, sigma label)
 
     # full-resolution jobs only need the window plus their own support: cut there (same values)
-    fine = _fine_window(window, (Hp, Wp), sigmas, filters, base_sigma, pyramid, membrane_size)
-    fine_origin = (origin[0] - fine[0].start, origin[1] - fine[1].start)
+    full_res = _fine_window(window, (Hp, Wp), sigmas, filters, base_sigma, pyramid, membrane_size)
+    full_res_origin = (origin[0] - full_res[0].start, origin[1] - full_res[1].start)
 
     for ci, x in enumerate(chans):
         prefix = "" if len(chans) == 1 else f"c{ci}:"
-        xf = x[fine]
+        xf = x[full_res]
         if "intensity" in filters:
             jobs.append((ci, lambda x=xf: {"intensity": x}, 1, prefix + "{}"))
         # pyramids of block means / minima / maxima / histograms
@@ -530,10 +530,10 @@ def classical_features(
             f *= 2
         # level 1 as the full-resolution jobs see it: cut to the fine window (pyramid levels above
         # were built from the whole image)
-        xpf = xp[fine]
+        xpf = xp[full_res]
         pyr[1] = (xpf, xpf, xpf)
-        hists[1] = None if hists[1] is None else hists[1][fine]
-        jacs[1] = None if jacs[1] is None else tuple(j[fine] for j in jacs[1])
+        hists[1] = None if hists[1] is None else hists[1][full_res]
+        jacs[1] = None if jacs[1] is None else tuple(j[full_res] for j in jacs[1])
         prev = 0.0
         for s in sigmas:
             lv = _level_of(s, base_sigma, pyramid)
@@ -577,7 +577,7 @@ def classical_features(
             pending.setdefault(lv, []).append((idx, planes))  # upsampled together by _cascade
         else:
             for j, start, n in _runs(idx):
-                _write_block(out, start, planes[j : j + n], fine_origin)
+                _write_block(out, start, planes[j : j + n], full_res_origin)
         return 1
 
     done = 0

@@ -9,6 +9,7 @@ already written are skipped.
 
 from __future__ import annotations
 
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ from hrdv2.blocks import ArrayWriter, BigTiffWriter, BlockWriter, LazyArray, Ome
 from hrdv2.engine.blockwise import BlockFeatures, block_sizes_for
 from hrdv2.engine.tiling import DEFAULT_OVERLAP, DEFAULT_TILE
 from hrdv2.errors import ConfigError, ShapeError
+from hrdv2.features.classical import COMPILED_MIN_PIXELS
 from hrdv2.segmentation.compressed import predict_compressed
 from hrdv2.segmentation.forest import labels_of
 
@@ -46,6 +48,25 @@ def classify_block(seg: Any, feats: np.ndarray, threads: int | None = None) -> n
         band = np.ascontiguousarray(feats[y : y + step]).reshape(-1, f)
         out[y * w : y * w + band.shape[0]] = seg.predict_proba_features(band, threads)
     return out
+
+
+def _load_compiled(seg: Any, pixels: int) -> None:
+    """Import numba and load the compiled kernels a large classical apply uses (the forest, packed
+    once for all workers; the resampling of the features), so the first blocks do not wait."""
+    from hrdv2.features.classical import _compiled
+    from hrdv2.segmentation.forest import fast_forest, labels_of
+
+    # first calls on tiny arrays of the real calls' types: numba loads each kernel's cached code once
+    fast = fast_forest(seg, seg.model_, pixels)
+    k = len(seg.classes_)
+    if fast is not None:
+        probs = np.zeros((1, k), np.float32)
+        fast(np.zeros((1, seg.n_features_in_), np.float32), probs, 1)
+        labels_of(probs, seg.classes_.astype(np.uint8))
+    kernels = _compiled(pixels)
+    if kernels is not None:
+        kernels.upsample2_into(np.zeros((1, 1, 1), np.float32), np.zeros((2, 2, 1), np.float32), 0, 0, 0)
+        kernels.planes_into(np.zeros((1, 1, 1), np.float32), np.zeros((1, 1, 1), np.float32), 0, 0, 0)
 
 
 def label_writer(fmt: str, target: str | Path, key: str, channels: int | None = None, proba: bool = False) -> BlockWriter:
@@ -93,12 +114,15 @@ def segment_blockwise(
                          f"{channels}; convert it, or train a model on images like it.")
     size = block_sizes_for(seg.features.kind, block_size, tile, overlap, seg.features.volume)
     bf = BlockFeatures(seg.engine, lazy, size, tile=tile, overlap=overlap)
+    warm = None
+    if bf.parallel_safe and int(np.prod(lazy.spatial_shape)) >= COMPILED_MIN_PIXELS:
+        warm = threading.Thread(target=_load_compiled, args=(seg, int(np.prod(lazy.spatial_shape))),
+                                name="hrdv2-load-kernels", daemon=True)
+        warm.start()  # ~1 s of numba import and first calls, beside the statistics pass
     blocks_at_once = bf.use_workers(workers)
     threads = bf.threads
-    if blocks_at_once > 1:
-        from hrdv2.segmentation.forest import fast_forest
-
-        fast_forest(seg, seg.model_, int(np.prod(lazy.spatial_shape)))  # packed once here, not in each worker
+    if warm is not None:
+        warm.join()
     classes = seg.classes_.astype(np.uint8)
 
     def func(data: np.ndarray, block) -> np.ndarray:
