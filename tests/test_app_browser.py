@@ -226,6 +226,9 @@ def test_paint_train_reload_apply_download(server, browser, shared_data, tmp_pat
     page.click("#apply-all")
     page.wait_for_function("document.querySelector('#message').textContent.includes('Applied the model to 2 image(s)')",
                            timeout=180_000)
+    # the message comes first, then the project and the prediction are refreshed (the download
+    # links are briefly disabled meanwhile); the button is enabled again when that is done
+    page.wait_for_function("!document.querySelector('#apply-all').disabled", timeout=60_000)
 
     # download the label image of the micrograph we painted: its shape, its classes
     page.click(".thumb[data-file-id] >> nth=0")
