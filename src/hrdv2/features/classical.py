@@ -485,7 +485,7 @@ def classical_features(
     H, W = chans[0].shape
     names = feature_names(len(chans), sigmas, filters)
     index = {n: i for i, n in enumerate(names)}
-    window = _window(crop, (H, W))
+    window = crop_window(crop, (H, W))
     origin = (window[0].start, window[1].start)
     out = np.empty((window[0].stop - origin[0], window[1].stop - origin[1], len(names)), np.float32)
     levels = sorted({_level_of(s, base_sigma, pyramid) for s in sigmas})
@@ -617,19 +617,27 @@ def classical_features(
     return out
 
 
-def _window(crop: Sequence[slice] | None, shape: tuple[int, int]) -> tuple[slice, slice]:
-    """``crop`` as two plain slices inside ``shape`` (the whole image for None)."""
+def crop_window(crop: Sequence[slice] | None, shape: Sequence[int]) -> tuple[slice, ...]:
+    """``crop`` as plain ``slice(start, stop)`` per axis of ``shape`` (the whole array for None);
+    a one-line ShapeError for a wrong axis count, a step other than 1 or an empty window. Shared by
+    the 2-D and 3-D filter banks."""
     if crop is None:
-        return slice(0, shape[0]), slice(0, shape[1])
-    if len(crop) != 2:
-        raise ShapeError(f"crop needs (rows, columns) slices, got {len(crop)}.")
+        return tuple(slice(0, n) for n in shape)
+    crop = tuple(crop)
+    if len(crop) != len(shape):
+        raise ShapeError(f"crop {crop} needs one slice per axis of shape {tuple(shape)}.")
     out = []
     for sl, n in zip(crop, shape):
         start, stop, step = sl.indices(n)
         if step != 1 or stop <= start:
-            raise ShapeError(f"crop {sl} of an axis of {n} px: need a non-empty window with step 1.")
+            raise ShapeError(f"crop {crop} must be non-empty windows with step 1 inside shape {tuple(shape)}.")
         out.append(slice(start, stop))
-    return out[0], out[1]
+    return tuple(out)
+
+
+def grow_window(window: Sequence[slice], margin: Sequence[int], shape: Sequence[int]) -> tuple[slice, ...]:
+    """``window`` grown by ``margin`` px per axis, clipped to ``shape``."""
+    return tuple(slice(max(0, w.start - m), min(n, w.stop + m)) for w, m, n in zip(window, margin, shape))
 
 
 def _fine_window(window: tuple[slice, slice], padded: tuple[int, int], sigmas: Sequence[float],
@@ -650,8 +658,7 @@ def _fine_window(window: tuple[slice, slice], padded: tuple[int, int], sigmas: S
                                             membrane_size=membrane_size))
     if "neighbours" in filters and sigmas:
         margin = max(margin, max(1, int(round(max(sigmas)))))
-    return tuple(slice(max(0, w.start - margin), min(n, w.stop + margin))  # type: ignore[return-value]
-                 for w, n in zip(window, padded))
+    return grow_window(window, (margin, margin), padded)  # type: ignore[return-value]
 
 
 # --------------------------------------------------------------------------- block-wise support

@@ -40,7 +40,7 @@ import scipy.ndimage as ndi
 from hrdv2.errors import ConfigError, ShapeError
 from hrdv2.features.stencils import central_difference as _diff
 from hrdv2.features.stencils import second_difference as _diff2
-from hrdv2.features.classical import DEFAULT_SIGMAS
+from hrdv2.features.classical import DEFAULT_SIGMAS, crop_window, grow_window
 
 VOLUME_FILTERS: tuple[str, ...] = ("intensity", "gaussian", "gradient", "hessian", "dog", "structure")
 # The 2D default selection minus what has no 3D counterpart here (the disk variance); the structure
@@ -245,28 +245,6 @@ def _as_volume(volume01: np.ndarray) -> np.ndarray:
 Window = tuple[slice, slice, slice]
 
 
-def _window(crop: Sequence[slice] | None, shape: Sequence[int]) -> Window:
-    """``crop`` as three explicit ``slice(start, stop)`` (steps of 1 only) within ``shape``."""
-    if crop is None:
-        return (slice(0, shape[0]), slice(0, shape[1]), slice(0, shape[2]))
-    crop = tuple(crop)
-    if len(crop) != 3:
-        raise ShapeError(f"crop {crop} must have one slice per axis (z, y, x).")
-    out = []
-    for sl, n in zip(crop, shape):
-        start, stop, step = sl.indices(n)
-        if step != 1 or stop <= start:
-            raise ShapeError(f"crop {crop} must be non-empty windows with step 1 inside the volume {tuple(shape)}.")
-        out.append(slice(start, stop))
-    return (out[0], out[1], out[2])
-
-
-def _grow(window: Window, margin: Sequence[int], shape: Sequence[int]) -> Window:
-    """``window`` grown by ``margin`` voxels per axis, clipped to ``shape``."""
-    g = [slice(max(0, w.start - m), min(n, w.stop + m)) for w, m, n in zip(window, margin, shape)]
-    return (g[0], g[1], g[2])
-
-
 def _within(inner: Window, outer: Window) -> Window:
     """``inner`` in the coordinates of ``outer`` (which contains it)."""
     r = [slice(i.start - o.start, i.stop - o.start) for i, o in zip(inner, outer)]
@@ -315,7 +293,7 @@ def classical_features_3d(
     vol = _as_volume(volume01)
     names = feature_names_3d(sig, chosen)
     index = {n: i for i, n in enumerate(names)}
-    win = _window(crop, vol.shape)
+    win = crop_window(crop, vol.shape)
     out_shape = tuple(w.stop - w.start for w in win)
     out = np.empty(out_shape + (len(names),), np.float32)
     n_int = int("intensity" in chosen)
@@ -337,7 +315,7 @@ def classical_features_3d(
         margin = [0, 0, 0]
         if derivs:
             margin = [1 + (_radius(0.5 * s / r) if "structure" in chosen else 0) for r in rel]
-        gwin = _grow(win, margin, vol.shape)
+        gwin = grow_window(win, margin, vol.shape)
         inner = _within(win, gwin)
         g = _gauss_window(vol, [s / r for r in rel], gwin)
         if "gaussian" in chosen:
