@@ -34,16 +34,16 @@ import numpy as np
 # rows walked through the trees together: their features (group x F float32) stay in L1; ~18 KB
 # (128 rows of the default 36 features) was 4-5 % faster than 64 or 256 rows here (measured)
 GROUP_BYTES = 18 * 1024
-
-
-def group_rows(n_features: int) -> int:
-    """Rows per group for rows of ``n_features`` float32 values (16..256)."""
-    return max(16, min(256, GROUP_BYTES // (4 * max(1, n_features))))
 MIN_ROWS_PER_THREAD = 16_384  # below this, one thread (thread start-up would cost more than it saves)
 # importing numba and loading the cached kernel costs ~1 s per process (more on a busy machine), what
 # the kernel saves on ~1-2 Mpx: smaller calls keep sklearn until the kernel is loaded anyway
 FAST_MIN_ROWS = 1 << 20
 KERNEL_MODULE = "hrdv2.segmentation._forest_kernel"
+
+
+def group_rows(n_features: int) -> int:
+    """Rows per group for rows of ``n_features`` float32 values (16..256)."""
+    return max(16, min(256, GROUP_BYTES // (4 * max(1, n_features))))
 
 
 @dataclass(frozen=True)
