@@ -65,6 +65,19 @@ def test_blocks_computed_side_by_side_give_the_serial_labels(alloy, classical_mo
         block_parallelism(0)
 
 
+def test_probabilities_written_beside_the_labels_by_parallel_blocks(alloy, classical_model, tmp_path):
+    """With two blocks at once the probabilities are written from the workers (one writer call at
+    a time) and equal the whole-image ones; the labels are their argmax."""
+    from hrdv2.segmentation.blockwise import label_writer
+
+    image = alloy[0][:200, :230]
+    proba = label_writer("ome-zarr", tmp_path / "p.ome.zarr", "k", len(classical_model.classes_), proba=True)
+    labels = segment_blockwise(classical_model, image, block_size=64, workers=2, proba_writer=proba)
+    back = np.moveaxis(np.asarray(zarr.open_group(str(tmp_path / "p.ome.zarr"), mode="r")["0"]), 0, -1)
+    np.testing.assert_allclose(back, classical_model.predict_proba(image), atol=1e-6, rtol=0)
+    np.testing.assert_array_equal(labels, classical_model.classes_[np.argmax(back, axis=-1)])
+
+
 @pytest.mark.parametrize("band", [1 << 16, 1000, 7])
 def test_strided_block_features_are_classified_in_bands_with_the_same_result(alloy, classical_model, monkeypatch, band):
     """A block's features are a crop of its read window's: classified band by band (bands of any

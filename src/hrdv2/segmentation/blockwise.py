@@ -124,6 +124,7 @@ def segment_blockwise(
     if warm is not None:
         warm.join()  # the workers then share one packed forest (not joining measured no faster)
     classes = seg.classes_.astype(np.uint8)
+    proba_lock = threading.Lock()
 
     def func(data: np.ndarray, block) -> np.ndarray:
         feats = bf.features(data, block)
@@ -132,7 +133,8 @@ def segment_blockwise(
         else:
             probs = classify_block(seg, feats, threads)
         if proba_writer is not None:
-            proba_writer.write(block, probs.reshape(feats.shape[:-1] + (probs.shape[-1],)))
+            with proba_lock:  # written from the worker computing the block: one writer call at a time
+                proba_writer.write(block, probs.reshape(feats.shape[:-1] + (probs.shape[-1],)))
         if proba:
             return probs.reshape(feats.shape[:-1] + (probs.shape[-1],))
         return labels_of(probs, classes).reshape(feats.shape[:-1])
