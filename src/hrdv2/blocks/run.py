@@ -54,12 +54,10 @@ def map_blocks(
     to the write window) or the write window. ``progress``: a tqdm bar (``update`` is called per
     block; its ``total`` is set if unset) or a ``(done, total)`` callable; blocks found complete
     from an interrupted run count as done at once. ``resume=False`` discards any staged work.
-    Memory: one block's input, result and the writer's copy are alive at a time. Returns
+    ``workers``: blocks computed at once, on threads (``func`` must then be safe to call from
+    several threads); one more block is read ahead and results are written in plan order.
+    Memory: per block in flight, its input, result and the writer's copy. Returns
     ``writer.finish()`` (the target path, or the array of an :class:`ArrayWriter`).
-
-    ``workers``: blocks computed at once (``func`` must then be safe to call from several
-    threads); ``workers`` blocks are computed at once and one more is read ahead, so memory
-    grows to ``workers`` blocks in flight. Results are written in plan order.
     """
     workers = int(workers)
     if workers < 1:

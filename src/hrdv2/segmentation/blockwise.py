@@ -54,7 +54,7 @@ def _load_compiled(seg: Any, pixels: int) -> None:
     """Import numba and load the compiled kernels a large classical apply uses (the forest, packed
     once for all workers; the resampling of the features), so the first blocks do not wait."""
     from hrdv2.features.classical import _compiled
-    from hrdv2.segmentation.forest import fast_forest, labels_of
+    from hrdv2.segmentation.forest import fast_forest
 
     # first calls on tiny arrays of the real calls' types: numba loads each kernel's cached code once
     fast = fast_forest(seg, seg.model_, pixels)
@@ -115,8 +115,9 @@ def segment_blockwise(
     size = block_sizes_for(seg.features.kind, block_size, tile, overlap, seg.features.volume)
     bf = BlockFeatures(seg.engine, lazy, size, tile=tile, overlap=overlap)
     warm = None
-    if bf.parallel_safe and int(np.prod(lazy.spatial_shape)) >= COMPILED_MIN_PIXELS:
-        warm = threading.Thread(target=_load_compiled, args=(seg, int(np.prod(lazy.spatial_shape))),
+    pixels = int(np.prod(lazy.spatial_shape))
+    if bf.parallel_safe and pixels >= COMPILED_MIN_PIXELS:
+        warm = threading.Thread(target=_load_compiled, args=(seg, pixels),
                                 name="hrdv2-load-kernels", daemon=True)
         warm.start()  # ~1 s of numba import and first calls, beside the statistics pass
     blocks_at_once = bf.use_workers(workers)
