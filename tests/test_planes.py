@@ -156,3 +156,38 @@ def test_cli_trains_on_two_slices_and_applies_to_ome_zarr(stack, tmp_path):
     r = CliRunner().invoke(cli, ["features", str(tmp_path / "vol.tif"), "--planes", "xyz", "--weights", "random",
                                  "--out", str(tmp_path / "f")])
     assert r.exit_code == 2 and "--format ome-zarr" in r.output and len(r.output.strip().splitlines()) == 1
+
+
+def test_deep_xy_volumes_run_page_by_page_in_bounded_memory(shared_data, tiny_backbone):
+    """planes xy: blended tiles per slice (a TileStore, no whole-volume array), the volume's
+    statistics, the same values at any block size; a single-tile slice equals the whole slice."""
+    from hrdv2.io import read_image
+    from hrdv2.segmentation import Segmenter
+    from hrdv2.segmentation.blockwise import segment_blockwise
+
+    vol = np.stack([read_image(shared_data / "isbi2012" / f"isbi_{i:02d}.png")[:70, :84] for i in range(3)])
+    vol[1] //= 2  # a darker slice: the volume's statistics, not the slice's, must be used
+    engine = FeatureEngine.for_backbone(tiny_backbone, shifts=(), volume=True, planes="xy")
+    small = BlockFeatures(engine, as_lazy(vol), 28, tile=56, overlap=14)
+    assert small.stacked and small.store is not None and small.plan.block_shape == (1, 28, 28)
+    feats = np.stack([small.slice_features(z) for z in range(3)])
+    assert small.tiles_computed == 3 * 4  # 2x2 tiles per slice, each computed once
+    one = BlockFeatures(engine, as_lazy(vol), 1024, tile=56, overlap=14)
+    np.testing.assert_allclose(np.stack([one.slice_features(z) for z in range(3)]), feats, rtol=1e-5, atol=1e-5)
+    # with one tile per slice the tiles are the whole slices: equal to the whole-volume features
+    whole = engine.volume_features(vol)
+    single = BlockFeatures(engine, as_lazy(vol), 28, tile=112, overlap=14)
+    np.testing.assert_allclose(np.stack([single.slice_features(z) for z in range(3)]), whole, rtol=1e-4, atol=1e-4)
+    assert not np.allclose(feats, whole, atol=1e-3)  # 56-px tiles really are tiles
+    # the segmenter's bricks are pages too: labels equal the argmax of the slice features
+    seg = Segmenter(engine.config, classifier="logistic", backbones=engine.backbones)
+    gt = (vol > np.median(vol)).astype(np.uint8) + 1
+    seg.fit([vol[0], vol[2]], [gt[0], gt[2]], [feats[0], feats[2]])
+    labels = segment_blockwise(seg, vol, block_size=28, tile=56, overlap=14)
+    probs = seg.predict_proba_features(feats.reshape(-1, feats.shape[-1]))
+    np.testing.assert_array_equal(labels, seg.classes_[probs.argmax(1)].reshape(vol.shape))
+    # nothing is held whole: a volume far beyond the xyz limit plans without refusal
+    huge = as_lazy(np.broadcast_to(np.zeros((), np.uint8), (512, 2048, 2048)))
+    assert len(BlockFeatures(engine, huge, 392).plan) == 512 * 36
+    with pytest.raises(ShapeError, match="limit"):
+        BlockFeatures(FeatureEngine.for_backbone(tiny_backbone, shifts=(), volume=True, planes="xyz"), huge, 128)

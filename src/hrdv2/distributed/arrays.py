@@ -127,7 +127,7 @@ def segment_dask(seg: Any, source: Any, *, block_size: int | None = None, tile: 
     if (lazy.channels or 1) != seg.n_channels_:
         raise ShapeError(f"{lazy.name}: the model was trained on {seg.n_channels_}-channel images but this one has "
                          f"{lazy.channels or 1}; convert it, or train a model on images like it.")
-    side = block_sizes_for(seg.features.kind, block_size, tile, overlap, getattr(seg.features, "volume", False))
+    side = block_sizes_for(seg.features.kind, block_size, tile, overlap, seg.features.volume, seg.features.planes)
     bf = BlockFeatures(seg.engine, lazy, side, tile=tile, overlap=overlap)
     pages = lazy.spatial_shape[0] if bf.stacked else 1
     norms = {z: bf.normalisation(z) for z in range(pages)}  # one statistics pass per page, here, once

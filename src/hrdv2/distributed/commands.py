@@ -53,7 +53,7 @@ def apply_on_cluster(
     from hrdv2.segmentation.blockwise import label_writer
 
     overlap = tile // 8
-    side = block_sizes_for(seg.features.kind, block_size, tile, overlap, getattr(seg.features, "volume", False))
+    side = block_sizes_for(seg.features.kind, block_size, tile, overlap, seg.features.volume, seg.features.planes)
     jobs: list[tuple[BlockJob, Any, set[int]]] = []
     targets: list[tuple[Any, ...]] = []
     for path in files:

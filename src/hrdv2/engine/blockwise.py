@@ -15,8 +15,10 @@
   standardised with the whole page's per-channel statistics, computed first by a block-wise
   pass (:meth:`BlockFeatures.hybrid_statistics`): equal to a whole-image (tiled) hybrid run, at
   the price of computing the deep tiles twice;
-* deep features of a volume (``volume=True``, ``planes`` xy or xyz): the whole volume's slice
-  features (:mod:`hrdv2.engine.planes`), computed at the first brick and held (refused above a size).
+* deep features of a volume (``volume=True``): ``planes="xy"`` runs page by page like a stack
+  (blended tiles, bounded memory) with the whole volume's statistics; ``planes="xyz"`` holds the
+  whole volume's slice features (:mod:`hrdv2.engine.planes`), computed at the first brick
+  (refused above a size).
 
 Memory is one block in flight (deep features: plus one tile and the held strip of the next
 block row, ``held_rows * W * C * 4`` bytes, refused above ``max_strip_bytes``). Classical blocks
@@ -100,16 +102,18 @@ class BlockFeatures:
             raise ShapeError(f"{source.name}: {source.channels} channels; hrdv2 reads grey or RGB images.")
         self.engine, self.source = engine, source
         self.volume = bool(config.volume)
-        self.stacked = len(spatial) == 3 and not self.volume
+        if self.volume and (len(spatial) != 3 or source.channels not in (None, 1)):
+            raise ShapeError(f"{source.name}: volume mode needs a grey (Z, Y, X) volume (a multi-page TIFF, zarr or "
+                             f".npy), got shape {source.shape}.")
+        # deep xy slices of a volume are pages with the volume's statistics: bounded, like a stack
+        volume_pages = self.volume and config.uses_deep and config.planes == "xy"
+        self.stacked = len(spatial) == 3 and (not self.volume or volume_pages)
         self.page_shape = tuple(spatial[-2:])
         self._norms: dict[int, Normalisation] = {}
         self.store: TileStore | None = None
-        if self.volume:
+        if self.volume and not volume_pages:
             from hrdv2.features.classical3d import classical3d_halo
 
-            if len(spatial) != 3 or source.channels not in (None, 1):
-                raise ShapeError(f"{source.name}: volume mode needs a grey (Z, Y, X) volume (a multi-page TIFF, zarr or "
-                                 f".npy), got shape {source.shape}.")
             self.grid = None
             self._volume_deep: np.ndarray | None = None  # deep volume features: computed whole, then sliced
             self.halo3 = (0, 0, 0) if config.uses_deep else classical3d_halo(config.sigmas, config.filters,
@@ -218,9 +222,9 @@ class BlockFeatures:
 
     def features(self, data: np.ndarray, block: Block) -> np.ndarray:
         """The write-window features of ``block`` from its read-window pixels ``data``."""
-        if self.volume and self.engine.config.uses_deep:
+        if self.volume and not self.stacked and self.engine.config.uses_deep:
             return self.volume_deep()[block.write]
-        if self.volume:
+        if self.volume and not self.stacked:
             from hrdv2.features.classical3d import classical_features_3d
 
             self._check_finite(data)
@@ -295,6 +299,12 @@ class BlockFeatures:
         needs), computed in (1, B, B) bricks with the full 3-D halo."""
         if not self.volume:
             raise ConfigError("slice_features is for volume mode; in page mode featurise the page itself.")
+        if self.stacked:  # deep xy: the page's own blocks, in raster order (each tile computed once)
+            out = np.empty(self.page_shape + (self.n_features,), np.float32)
+            for block in self.plan:
+                if block.write[0].start == z:
+                    out[block.write[1:]] = self.features(self.source[block.read], block)[0]
+            return out
         if self.engine.config.uses_deep:
             return self.volume_deep()[z]
         nz, ny, nx = self.source.spatial_shape
@@ -325,14 +335,14 @@ VOLUME_BLOCK = 128  # brick side in volume mode: the 3-D halo (~65 voxels at sig
 
 
 def block_sizes_for(kind: str, requested: int | None, tile: int = DEFAULT_TILE, overlap: int = DEFAULT_OVERLAP,
-                    volume: bool = False) -> int:
+                    volume: bool = False, planes: str = "xy") -> int:
     """The default block side per feature kind. Deep features are ~100x wider than classical, so a
     deep block is one tile step (edges on tile starts): each tile is computed once whatever the
     block size (:class:`~hrdv2.engine.tiling.TileStore`), and one-step blocks hold the least
     between blocks (``overlap`` rows of the image width) with the smallest block accumulator."""
     if requested is not None:
         return int(requested)
-    if volume:
+    if volume and (kind == "classical" or planes != "xy"):  # 3-D bricks (deep xy volumes run page by page)
         return VOLUME_BLOCK
     return DEFAULT_BLOCK_SIZE if kind == "classical" else tile - overlap
 

@@ -112,7 +112,7 @@ def segment_blockwise(
     if channels != seg.n_channels_:
         raise ShapeError(f"{lazy.name}: the model was trained on {seg.n_channels_}-channel images but this one has "
                          f"{channels}; convert it, or train a model on images like it.")
-    size = block_sizes_for(seg.features.kind, block_size, tile, overlap, seg.features.volume)
+    size = block_sizes_for(seg.features.kind, block_size, tile, overlap, seg.features.volume, seg.features.planes)
     bf = BlockFeatures(seg.engine, lazy, size, tile=tile, overlap=overlap)
     warm = None
     pixels = int(np.prod(lazy.spatial_shape))
