@@ -212,6 +212,8 @@ def test_segment_dask_equals_blockwise_and_writes_ome_zarr(client, data, tmp_pat
     expected = segment_blockwise(seg, image, block_size=80)
     np.testing.assert_array_equal(labels.compute(), expected)  # on the distributed client
     np.testing.assert_array_equal(labels.compute(scheduler="sync"), expected)  # and with no cluster at all
+    # a tiled TIFF path: its reader travels to the workers as the path and is reopened there
+    np.testing.assert_array_equal(segment_dask(seg, big, block_size=80).compute(), expected)
     probs = segment_dask(seg, image, block_size=80, proba=True)
     assert probs.shape == image.shape + (len(seg.classes_),)
     target = write_ome_zarr(labels, tmp_path / "labels.ome.zarr", key="k")

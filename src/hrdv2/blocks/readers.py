@@ -3,8 +3,9 @@
 Every reader presents the same axes: ``(Y, X)`` or ``(Z, Y, X)`` spatial axes (pages of a
 multi-page TIFF and the first axis of a 3D zarr / npy become Z), then an optional trailing channel
 axis (colour is a trailing 3; RGBA drops alpha, grey + alpha keeps grey, as ``hrdv2.io`` does).
-Regions are read from disk where the format allows it: tiled or striped TIFF / BigTIFF through
-tifffile's zarr interface (only the tiles / strips that meet the region), zarr and OME-Zarr
+Regions are read from disk where the format allows it: tiled or striped TIFF / BigTIFF (only the
+tiles / strips that meet the region: :mod:`hrdv2.blocks.tiff_regions`, else tifffile's zarr
+interface), zarr and OME-Zarr
 (level 0 of a multiscale group), ``.npy`` as a memory map. PNG, JPEG and other formats that
 cannot be read in part are decoded whole once (``hrdv2.io.read_image``) and sliced.
 
@@ -159,19 +160,33 @@ def as_lazy(array: np.ndarray | LazyArray, *, channels: bool | None = None, name
 
 def _open_tiff(path: Path) -> LazyArray:
     import tifffile
-    import zarr
+
+    from hrdv2.blocks.tiff_regions import TiffRegions
 
     try:
-        with tifffile.TiffFile(path) as tif:
-            if not tif.series:
-                raise ImageReadError(f"{path}: TIFF holds no image series.")
-            axes = tif.series[0].axes
-        store = tifffile.imread(path, aszarr=True, series=0, level=0)
-        src = zarr.open(store, mode="r")
+        tif = tifffile.TiffFile(path)
+    except Exception as exc:
+        raise ImageReadError(f"{path}: not a readable TIFF ({exc}).") from exc
+    src: Any = None
+    try:
+        if not tif.series:
+            raise ImageReadError(f"{path}: TIFF holds no image series.")
+        axes = tif.series[0].axes
+        try:  # tiled / striped pages: segments read directly (no zarr; ~8x faster per window)
+            src = store = TiffRegions(tif)
+        except Exception:  # any other layout: tifffile's zarr store
+            import zarr
+
+            store = tifffile.imread(path, aszarr=True, series=0, level=0)
+            src = zarr.open(store, mode="r")
     except ImageReadError:
+        tif.close()
         raise
     except Exception as exc:  # tifffile / zarr raise many types for corrupt files
+        tif.close()
         raise ImageReadError(f"{path}: not a readable TIFF ({exc}).") from exc
+    if store is not src:
+        tif.close()
     shape = tuple(src.shape)
     if "Y" not in axes or "X" not in axes:
         store.close()
