@@ -220,6 +220,27 @@ def test_segment_dask_equals_blockwise_and_writes_ome_zarr(client, data, tmp_pat
     np.testing.assert_array_equal(_zarr_level0(target), expected)
 
 
+def test_segment_dask_of_a_volume_model_uses_the_volume_statistics(shared_data):
+    """Volume mode keys its statistics by -1 (the whole volume), not by page: the dask array of a
+    classical 3-D model equals the block-wise run (it failed with a KeyError before)."""
+    from hrdv2.blocks import as_lazy
+    from hrdv2.distributed import segment_dask
+    from hrdv2.engine.blockwise import BlockFeatures
+    from hrdv2.features.sets import FeatureConfig
+    from hrdv2.segmentation.blockwise import segment_blockwise
+
+    d = shared_data / "isbi2012"
+    vol = np.stack([read_image(d / f"isbi_{i:02d}.png")[:40, :48] for i in range(6)])
+    vol[2] //= 2  # page statistics would differ from the volume's
+    gt = read_labels(d / "isbi_03_gt.png")[:40, :48]
+    seg = Segmenter(FeatureConfig(kind="classical", volume=True, sigmas=(1.0, 2.0)), classifier="logistic")
+    bf = BlockFeatures(seg.engine, as_lazy(vol), 16)
+    seg.fit([vol[3]], [gt], [bf.slice_features(3)])
+    expected = segment_blockwise(seg, vol, block_size=16)
+    labels = segment_dask(seg, vol, block_size=16)
+    np.testing.assert_array_equal(labels.compute(scheduler="sync"), expected)
+
+
 class _Done:
     """A finished task as ``as_completed`` hands it over: its exception, ``result()``, ``cancel()``."""
 

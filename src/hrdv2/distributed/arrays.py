@@ -37,10 +37,7 @@ class _SeededBlockFeatures(BlockFeatures):
 
     def __init__(self, *args: Any, norms: dict, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._seed = norms
-
-    def normalisation(self, z: int):  # type: ignore[override]
-        return self._seed[z]
+        self._norms.update(norms)  # keyed as normalisation() keys them (-1: a whole volume)
 
 
 class _LocalState:
@@ -129,8 +126,7 @@ def segment_dask(seg: Any, source: Any, *, block_size: int | None = None, tile: 
                          f"{lazy.channels or 1}; convert it, or train a model on images like it.")
     side = block_sizes_for(seg.features.kind, block_size, tile, overlap, seg.features.volume, seg.features.planes)
     bf = BlockFeatures(seg.engine, lazy, side, tile=tile, overlap=overlap)
-    pages = lazy.spatial_shape[0] if bf.stacked else 1
-    norms = {z: bf.normalisation(z) for z in range(pages)}  # one statistics pass per page, here, once
+    norms = {z: bf.normalisation(z) for z in bf.normalisation_keys()}  # one statistics pass per page (or volume), once
     params = (tuple(lazy.shape), lazy.dtype.str, lazy.has_channels, lazy.name, side, tile, overlap, bool(proba),
               dask.base.tokenize(norms))
     _register_plugin()

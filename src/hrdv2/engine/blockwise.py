@@ -188,9 +188,13 @@ class BlockFeatures:
         threads then only read these statistics, and only the calling thread reads the source."""
         if not self.parallel_safe:
             raise ConfigError("deep features are computed one block at a time (tiles are shared between blocks).")
-        pages = [-1] if self.volume else range(self.source.spatial_shape[0]) if self.stacked else [0]
-        for z in pages:
+        for z in self.normalisation_keys():
             self.normalisation(z)
+
+    def normalisation_keys(self) -> list[int]:
+        """The keys of the statistics blocks use: -1 (the whole volume) in volume mode, else one
+        per page (0 for a single image). ``{k: normalisation(k)}`` seeds a copy elsewhere."""
+        return [-1] if self.volume else list(range(self.source.spatial_shape[0])) if self.stacked else [0]
 
     def use_workers(self, workers: int | None = None) -> int:
         """Blocks to compute at once (``map_blocks(..., workers=...)``) for ``workers`` (None: the
