@@ -108,10 +108,11 @@ class BlockFeatures:
         # deep xy slices of a volume are pages with the volume's statistics: bounded, like a stack
         volume_pages = self.volume and config.uses_deep and config.planes == "xy"
         self.stacked = len(spatial) == 3 and (not self.volume or volume_pages)
+        self.bricks = self.volume and not volume_pages  # 3-D bricks: classical 3-D filters, or xyz planes
         self.page_shape = tuple(spatial[-2:])
         self._norms: dict[int, Normalisation] = {}
         self.store: TileStore | None = None
-        if self.volume and not volume_pages:
+        if self.bricks:
             from hrdv2.features.classical3d import classical3d_halo
 
             self.grid = None
@@ -226,9 +227,9 @@ class BlockFeatures:
 
     def features(self, data: np.ndarray, block: Block) -> np.ndarray:
         """The write-window features of ``block`` from its read-window pixels ``data``."""
-        if self.volume and not self.stacked and self.engine.config.uses_deep:
+        if self.bricks and self.engine.config.uses_deep:
             return self.volume_deep()[block.write]
-        if self.volume and not self.stacked:
+        if self.bricks:
             from hrdv2.features.classical3d import classical_features_3d
 
             self._check_finite(data)
@@ -300,10 +301,11 @@ class BlockFeatures:
 
     def slice_features(self, z: int, block_size: int = 512) -> np.ndarray:
         """(Y, X, F) volume-mode features of slice ``z`` alone (what training on a labelled slice
-        needs), computed in (1, B, B) bricks with the full 3-D halo."""
+        needs): 3-D filters in (1, B, B) bricks with the full 3-D halo; deep xy features from the
+        slice's own blocks; xyz planes from the held whole-volume features."""
         if not self.volume:
             raise ConfigError("slice_features is for volume mode; in page mode featurise the page itself.")
-        if self.stacked:  # deep xy: the page's own blocks, in raster order (each tile computed once)
+        if not self.bricks:  # deep xy: the page's own blocks, in raster order (each tile computed once)
             out = np.empty(self.page_shape + (self.n_features,), np.float32)
             for block in self.plan:
                 if block.write[0].start == z:
