@@ -407,3 +407,47 @@ def test_click_tool_selects_an_object_and_commits_it_as_labels(client, micrograp
     for body, status in (({"clicks": clicks}, 422), ({"clicks": [], "class_id": classes[0]["id"]}, 422),
                          ({"clicks": [{"x": 500, "y": 5}], "class_id": classes[0]["id"]}, 422)):
         assert client.post(f"/api/images/{img['id']}/click-object/commit", json=body).status_code == status
+
+
+def test_waiting_for_a_save_that_is_still_starting_never_joins_an_unstarted_thread(tmp_path, monkeypatch):
+    """A model download waits for the background save; if it asked while the save thread was
+    registered but not yet started, join() raised "cannot join thread before it is started" (a
+    500 the API fuzz test hit once). Thread start-up is slowed here to open that window wide."""
+    import threading
+    import time
+
+    import hrdv2.app.engine as engine_module
+    from hrdv2.app.engine import Engine
+    from hrdv2.app.store import Store
+
+    real_thread = threading.Thread
+
+    class SlowStart(real_thread):
+        def start(self) -> None:
+            time.sleep(0.3)
+            super().start()
+
+    class FakeModel:
+        def save(self, path) -> None:
+            path.write_bytes(b"model")
+
+    engine = Engine(Store(tmp_path / "store"))
+    engine._models[1] = (7, FakeModel())
+    errors: list[BaseException] = []
+
+    def wait() -> None:
+        time.sleep(0.1)  # inside SlowStart's sleep: the save is being started
+        try:
+            engine.wait_saved(1)
+        except BaseException as exc:  # the failure under test
+            errors.append(exc)
+
+    saver = real_thread(target=lambda: engine._save_in_background(1, 7, FakeModel()))
+    waiter = real_thread(target=wait)
+    monkeypatch.setattr(engine_module.threading, "Thread", SlowStart)  # only the engine's save thread is slow
+    saver.start()
+    waiter.start()
+    saver.join(10)
+    waiter.join(10)
+    assert not errors, errors
+    assert engine.model_path(1).read_bytes() == b"model"  # the waiter returned after the save was written

@@ -81,6 +81,7 @@ class Engine:
         self._models: dict[int, tuple[int, Any]] = {}
         self._saving: dict[int, threading.Thread] = {}
         self._save_lock = threading.Lock()
+        self._saving_lock = threading.Lock()  # a save is published only once started (joinable)
         self._predictions_lock = threading.Lock()
 
     # -- features ----------------------------------------------------------------------------
@@ -194,12 +195,14 @@ class Engine:
                 write_text_atomic(self.model_path(project_id).with_suffix(".json"), json.dumps({"version": version}))
 
         thread = threading.Thread(target=work, name=f"hrdv2-save-{project_id}")
-        self._saving[project_id] = thread
-        thread.start()
+        with self._saving_lock:  # started before it is published: wait_saved never joins an unstarted thread
+            thread.start()
+            self._saving[project_id] = thread
 
     def wait_saved(self, project_id: int | None = None) -> None:
         """Block until the model file(s) being written are on disk."""
-        threads = list(self._saving.values()) if project_id is None else [self._saving.get(project_id)]
+        with self._saving_lock:
+            threads = list(self._saving.values()) if project_id is None else [self._saving.get(project_id)]
         for t in threads:
             if t is not None:
                 t.join()
@@ -380,7 +383,8 @@ class Engine:
         """Drop what the engine holds of a deleted project."""
         self.wait_saved(project_id)
         self._models.pop(project_id, None)
-        self._saving.pop(project_id, None)
+        with self._saving_lock:
+            self._saving.pop(project_id, None)
 
     def delete_class(self, class_id: int) -> int:
         """Delete a class with its strokes, retire the model and drop every stored prediction and
