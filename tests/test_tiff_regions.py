@@ -68,7 +68,7 @@ def test_any_region_equals_the_whole_read(files, name: str, data) -> None:
 
 def test_windows_of_a_block_plan_and_other_layouts(tmp_path: Path, files) -> None:
     path, expected = files["tiled_uint8"]
-    with open_array(path) as arr:  # the block-wise fast path: plain windows, returned as decoded
+    with open_array(path) as arr:  # plain windows, as the blocks of a plan read them
         for y0 in range(0, 150, 40):
             for x0 in range(0, 170, 55):
                 window = (slice(y0, min(150, y0 + 61)), slice(x0, min(170, x0 + 70)))

@@ -61,7 +61,7 @@ class TiffRegions:
         self._decode = key.decode
         self._jpegtables = getattr(key, "jpegtables", None)
         self._fh = tif.filehandle
-        self._lock = threading.RLock()
+        self._lock = threading.Lock()
 
     @classmethod
     def open(cls, path: str, series_index: int = 0) -> "TiffRegions":
@@ -97,9 +97,9 @@ class TiffRegions:
         out = np.zeros((rows[1] - rows[0], cols[1] - cols[0]) + extra, self.dtype)
         wanted = self._segments(rows, cols)
         offsets, counts = page.dataoffsets, page.databytecounts
-        with self._lock:  # bytes only; decoding below runs outside the lock
+        with self._lock:  # seeks and reads only; decoding below runs outside the lock
             raw = list(self._fh.read_segments([offsets[i] for i in wanted], [counts[i] for i in wanted],
-                                              indices=wanted, sort=True, lock=self._lock))
+                                              indices=wanted, sort=True))
         for data, index in raw:
             segment, position, shape = self._decode(data, index, jpegtables=self._jpegtables)
             if segment is None:  # an empty segment: tifffile's fill value, 0
@@ -124,9 +124,6 @@ class TiffRegions:
         picks = [p if isinstance(p, range) else range(p, p + 1) for p in picks]
         nlead = len(self._lead)
         ys, xs = picks[nlead], picks[nlead + 1]
-        if not nlead and not squeeze and ys.step == 1 and xs.step == 1 and (self._samples is None or picks[2] ==
-                                                                          range(self._samples)) and ys and xs:
-            return self._window(self._pages[0], (ys.start, ys.stop), (xs.start, xs.stop))  # a block's window
         sizes = tuple(len(r) for r in picks[:nlead + 2])
         extra = () if self._samples is None else (self._samples,)
         out = np.empty(sizes + extra, self.dtype)
