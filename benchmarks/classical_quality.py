@@ -142,7 +142,7 @@ def _ranking(s: dict, n_cls: int, budget: float) -> list[tuple[str, float, float
         else:
             m = cands[key]
             cols = [index[n] for n in feature_names(n_ch, m.sigmas, m.filters)]
-            model = make_classifier(m.classifier, 0, **dict(m.params)).fit(x[:, cols], y)
+            model = make_classifier(m.classifier, 0, len(y), **dict(m.params)).fit(x[:, cols], y)
         out.append((key, cv, score(model, cols)))
     return out
 

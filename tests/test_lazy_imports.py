@@ -79,3 +79,43 @@ def test_skops_import_hook_refuses_only_package_walks(tmp_path, monkeypatch):
         assert builtins._hrdv2_walk_probe == "refused"
     finally:
         builtins.__dict__.pop("_hrdv2_walk_probe", None)
+
+
+_SKOPS_CHILD = r"""
+import json, sys
+from hrdv2.segmentation.lazy_skops import import_skops_io
+sio = import_skops_io()
+without = "pytest" in sys.modules or "_pytest" in sys.modules
+import pytest  # the test helpers still import normally afterwards
+print(json.dumps({"pytest_during_skops": without, "pytest_after": "pytest" in sys.modules,
+                  "trusted": sorted(sio._trusted_types.SKLEARN_ESTIMATOR_TYPE_NAMES)}))
+"""
+
+
+def test_skops_is_imported_without_pytest_and_trusts_the_same_estimators():
+    """pytest (installed here) is refused only to scikit-learn's test helpers while skops is first
+    imported, and skops trusts exactly the estimators it trusts with pytest loaded."""
+    res = subprocess.run([sys.executable, "-c", _SKOPS_CHILD], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    out = json.loads(res.stdout.strip().splitlines()[-1])
+    assert out["pytest_during_skops"] is False and out["pytest_after"] is True
+    import skops.io  # this process: pytest already imported, so nothing was refused
+
+    assert out["trusted"] == sorted(skops.io._trusted_types.SKLEARN_ESTIMATOR_TYPE_NAMES)
+    assert len(out["trusted"]) > 100
+
+
+def test_console_script_freezes_gc_only_at_its_end():
+    """``hrdv2`` (``main``) runs the command, then freezes the collector for a fast exit; the
+    in-process ``cli`` leaves gc alone."""
+    child = ("import atexit, gc, sys\n"
+             "from hrdv2.cli.main import cli, main\n"
+             "try:\n    cli(['--version'])\nexcept SystemExit:\n    pass\n"
+             "print('cli', gc.get_freeze_count())\n"
+             "atexit.register(lambda: print('main', gc.get_freeze_count() > 0))\n"
+             "sys.argv = ['hrdv2', '--version']\nmain()\n")
+    res = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    lines = res.stdout.strip().splitlines()
+    assert "cli 0" in lines and lines[-1] == "main True", lines
+    assert any("version" in ln for ln in lines)

@@ -154,6 +154,25 @@ def test_class_balanced_cap():
     assert seg.n_train_pixels_ == 200
 
 
+def test_default_forest_caps_each_trees_sample_only_for_large_scribbles():
+    """Each default tree fits at most FOREST_TREE_SAMPLES pixels: a 9216-pixel scribble gives
+    every tree 5000 (bootstrap indices drawn from all of them); a small one keeps full-size
+    samples; an explicit max_samples wins."""
+    from hrdv2.segmentation.segmenter import FOREST_TREE_SAMPLES
+
+    img, gt = two_textures()
+    big = gt.copy()  # every pixel labelled: 9216 > FOREST_TREE_SAMPLES
+    seg = Segmenter(CFG).fit([img], [big])
+    assert seg.n_train_pixels_ == big.size > FOREST_TREE_SAMPLES
+    assert seg.model_.max_samples == FOREST_TREE_SAMPLES and len(seg.model_.estimators_) == 40
+    assert all(t.tree_.n_node_samples[0] <= FOREST_TREE_SAMPLES for t in seg.model_.estimators_)
+    assert np.all(iou_per_class(seg.predict(img), gt) > 0.9)
+    small = Segmenter(CFG).fit([img], [strokes(gt)])
+    assert small.n_train_pixels_ < FOREST_TREE_SAMPLES and small.model_.max_samples is None
+    own = Segmenter(CFG, classifier_params={"max_samples": 0.5}).fit([img], [big])
+    assert own.model_.max_samples == 0.5
+
+
 def test_simulated_scribbles_procedure():
     _, gt = two_textures()
     a = simulate_scribbles(gt, seed=5)

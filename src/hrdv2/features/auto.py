@@ -360,7 +360,7 @@ def fit_ensemble(choice: AutoChoice, x: np.ndarray, y: np.ndarray, n_channels: i
     merged = None
     for m in choice.members:
         cols = np.asarray([index[n] for n in feature_names(n_channels, m.sigmas, m.filters)], dtype=np.intp)
-        model = make_classifier(m.classifier, random_state, **{**dict(m.params), "n_estimators": ENSEMBLE_TREES})
+        model = make_classifier(m.classifier, random_state, len(y), **{**dict(m.params), "n_estimators": ENSEMBLE_TREES})
         model.fit(x[:, cols], y)
         for est in model.estimators_:
             _remap_tree(est, cols, width)
