@@ -27,8 +27,6 @@ from types import FrameType, ModuleType
 
 # array libraries that scikit-learn's bundled array-API wrappers import when walked
 _REFUSED = ("torch", "dask", "cupy", "jax")
-
-
 # test-only libraries that scikit-learn's test helpers import when present (and do without)
 _TEST_ONLY = ("pytest", "_pytest")
 _SKLEARN_TESTING = ("sklearn", "utils", "_testing.py")
