@@ -130,7 +130,7 @@ def test_ensemble_forest_is_the_average_of_its_members_on_their_own_channels():
     expected = []
     for m in members:
         cols = [names.index(n) for n in feature_names(1, m.sigmas, m.filters)]
-        one = make_classifier("random_forest", 0, **{**dict(m.params), "n_estimators": auto.ENSEMBLE_TREES})
+        one = make_classifier("random_forest", 0, len(y), **{**dict(m.params), "n_estimators": auto.ENSEMBLE_TREES})
         expected.append(one.fit(x[:, cols], y).predict_proba(x[:, cols]))
     np.testing.assert_allclose(merged.predict_proba(x), np.mean(expected, axis=0), atol=1e-6)
     # "smooth" never sees a Hessian channel: no tree of its half splits on one
