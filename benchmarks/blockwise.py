@@ -16,6 +16,10 @@ stack for volumes). Rows:
 * ``volume`` -- a V^3 uint8 volume (the ISBI stack tiled) segmented with 3-D classical filters by
   a model trained on two labelled slices.
 * ``seams`` -- deep features tiled vs whole-image: per-pixel cosine (median, 1st percentile).
+* ``planes`` -- a V^3 crop of the ISBI stack segmented with deep features over the xy, xz and yz
+  planes (``--backbone/--weights``, identity transform only: 3V ViT slices), a logistic model
+  trained on two slices, brick by brick: the features held in memory (the default up to 4 GB)
+  against kept on scratch disk (forced), labels compared; above 4 GB only the disk path runs.
 
 Usage: python benchmarks/blockwise.py [--sizes 2048,8192] [--deep-size 4096] [--volume-size 256]
 (the deep target: --sizes "" --deep-size 4096 --volume-size 0; tens of minutes to hours on 2 cores)
@@ -145,6 +149,46 @@ def child_volume(work: Path, size: int, block: int) -> dict:
     return {"seconds": secs, "mvox_s": size**3 / secs / 1e6, "peak_gb": _peak_gb()}
 
 
+def child_planes(work: Path, size: int, mode: str, backbone: str, weights: str) -> dict:
+    from hrdv2.blocks import as_lazy, map_blocks
+    from hrdv2.engine import FeatureEngine
+    from hrdv2.engine.blockwise import BlockFeatures
+    from hrdv2.engine.planes import MAX_PLANES_BYTES
+    from hrdv2.features.sets import FeatureConfig
+    from hrdv2.io import read_image, read_labels
+    from hrdv2.segmentation import Segmenter
+    from hrdv2.segmentation.blockwise import label_writer
+
+    d = DATA / "isbi2012"
+    zz = np.arange(size) % 10  # the stack's 10 slices, repeated
+    vol = np.stack([read_image(d / f"isbi_{i:02d}.png")[:size, :size] for i in zz])
+    gt = {z: read_labels(d / f"isbi_{z:02d}_gt.png")[:size, :size] for z in (2, 7)}
+    config = FeatureConfig(kind="deep", backbone=backbone, weights=weights, shifts=(), volume=True, planes="xyz")
+    seg = Segmenter(config, classifier="logistic")
+    t0 = time.perf_counter()
+    bf = BlockFeatures(seg.engine, as_lazy(vol), 128, scratch=work, max_held_bytes=0 if mode == "disk" else None)
+    if bf.planes_on_disk != (mode == "disk"):
+        return {"error": f"not held: {vol.size * bf.n_features * 4 / 1e9:.1f} GB is over the in-memory limit"
+                         if bf.planes_on_disk else "on disk requested, but held"}
+    rng = np.random.default_rng(0)
+    scribbles = [np.where(rng.random(g.shape) < 0.02, g, 0) for g in gt.values()]
+    seg.fit([vol[z] for z in gt], scribbles, [bf.slice_features(z) for z in gt])
+    built = time.perf_counter() - t0
+
+    def func(data: np.ndarray, block) -> np.ndarray:
+        f = bf.features(data, block)
+        p = seg.predict_proba_features(f.reshape(-1, f.shape[-1]))
+        return seg.classes_[p.argmax(1)].astype(np.uint8).reshape(f.shape[:-1])
+
+    out = work / f"planes_{size}_{mode}.ome.zarr"
+    map_blocks(as_lazy(vol), bf.plan, func, label_writer("ome-zarr", out, "bench"), resume=False)
+    bf.close()
+    secs = time.perf_counter() - t0
+    return {"seconds": secs, "features_s": built, "peak_gb": _peak_gb(), "out": str(out),
+            "features_gb": vol.size * bf.n_features * 4 / 1e9, "held_limit_gb": MAX_PLANES_BYTES / 1e9,
+            "bricks": len(bf.plan), "brick": list(bf.plan.block_shape), "backbone": seg.engine.describe()}
+
+
 def child_seams(backbone: str, weights: str, size: int, tile: int) -> dict:
     from hrdv2.engine import FeatureEngine
     from hrdv2.engine.blockwise import tiled_features
@@ -225,6 +269,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--backbone", default="dinov2_vits14")
     ap.add_argument("--weights", default="random", help="local checkpoint, or 'random' (UNTRAINED: speed/memory only)")
     ap.add_argument("--seams-size", type=int, default=448, help="image side for the tiled-vs-whole cosine (0: skip)")
+    ap.add_argument("--planes-sizes", default="64",
+                    help="volume sides for the deep xyz-planes rows ('' to skip), e.g. 128,192 (192: 22 GB of scratch)")
     ap.add_argument("--child", nargs=argparse.REMAINDER)
     a = ap.parse_args(argv)
     if a.child:
@@ -232,7 +278,8 @@ def main(argv: list[str] | None = None) -> int:
         fns = {"apply": lambda w, s, m, b: child_apply(Path(w), int(s), m, int(b)),
                "deep": lambda w, s, bb, wt, sh, b, t: child_deep(Path(w), int(s), bb, wt, sh, int(b) or None, int(t)),
                "volume": lambda w, s, b: child_volume(Path(w), int(s), int(b)),
-               "seams": lambda bb, wt, s, t: child_seams(bb, wt, int(s), int(t))}
+               "seams": lambda bb, wt, s, t: child_seams(bb, wt, int(s), int(t)),
+               "planes": lambda w, s, m, bb, wt: child_planes(Path(w), int(s), m, bb, wt)}
         print(json.dumps(fns[kind](*rest)))
         return 0
 
@@ -293,6 +340,26 @@ def main(argv: list[str] | None = None) -> int:
             print(f"seams: deep features tiled (tile {min(a.tile, a.seams_size // 2)}) vs whole image at {a.seams_size}^2: "
                   + (f"cosine median {r['median']:.4f}, 1st percentile {r['p1']:.4f} ({r['backbone']})"
                      if "median" in r else r["error"]), flush=True)
+        planes_sizes = [int(v) for v in a.planes_sizes.split(",") if v]
+        if planes_sizes:
+            print("\n| deep xyz planes | features | total s (features s) | peak RSS | bricks | held in memory: total s, "
+                  "peak RSS | labels equal |")
+            print("|---|---|---|---|---|---|---|")
+        for v in planes_sizes:
+            disk = run_child("planes", str(work), str(v), "disk", a.backbone, a.weights)
+            held = run_child("planes", str(work), str(v), "held", a.backbone, a.weights)
+            equal = "-"
+            if "out" in disk and "out" in held:
+                import zarr
+
+                equal = "yes" if np.array_equal(np.asarray(zarr.open_group(disk["out"], mode="r")["0"]),
+                                                np.asarray(zarr.open_group(held["out"], mode="r")["0"])) else "NO"
+            on_disk = (f"{disk['features_gb']:.1f} GB x 2 on disk | {disk['seconds']:.1f} ({disk['features_s']:.1f}) "
+                       f"| {disk['peak_gb']:.2f} GB | {disk['bricks']} of {'x'.join(map(str, disk['brick']))}"
+                       if "seconds" in disk else f"- | {disk['error'][:80]} | - | -")
+            in_mem = (f"{held['seconds']:.1f}, {held['peak_gb']:.2f} GB" if "seconds" in held
+                      else held["error"][:80])
+            print(f"| {v}^3 ({disk.get('backbone', a.backbone)}) | {on_disk} | {in_mem} | {equal} |", flush=True)
     return 0
 
 

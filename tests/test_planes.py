@@ -11,7 +11,7 @@ from hrdv2.blocks import as_lazy
 from hrdv2.engine import FeatureEngine
 from hrdv2.engine.blockwise import BlockFeatures
 from hrdv2.engine.planes import check_planes_size, plane_features, resample_axis0
-from hrdv2.errors import ConfigError, ShapeError
+from hrdv2.errors import ConfigError, ResourceLimitError, ShapeError
 from hrdv2.features.sets import FeatureConfig, normalise_image
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -189,5 +189,75 @@ def test_deep_xy_volumes_run_page_by_page_in_bounded_memory(shared_data, tiny_ba
     # nothing is held whole: a volume far beyond the xyz limit plans without refusal
     huge = as_lazy(np.broadcast_to(np.zeros((), np.uint8), (512, 2048, 2048)))
     assert len(BlockFeatures(engine, huge, 392).plan) == 512 * 36
-    with pytest.raises(ShapeError, match="limit"):
+    with pytest.raises(ResourceLimitError, match=r"need [0-9.]+ GB of scratch disk in .*TMPDIR"):
         BlockFeatures(FeatureEngine.for_backbone(tiny_backbone, shifts=(), volume=True, planes="xyz"), huge, 128)
+
+
+def _directional(img: np.ndarray) -> np.ndarray:
+    """A deterministic three-channel "featurizer" with a derivative along the slice's rows, so
+    the xy, xz and yz slices through a voxel give it different values."""
+    return np.stack([img, np.gradient(img, axis=0), np.sin(3 * img)], axis=-1).astype(np.float32)
+
+
+def test_disk_planes_equal_the_held_mean_bit_for_bit_and_leave_no_files(tmp_path):
+    from hrdv2.engine.planes import DiskPlanes, disk_planes_bytes
+
+    rng = np.random.default_rng(1)
+    vol = rng.random((5, 6, 7)).astype(np.float32)
+    for planes, spacing in (("xyz", (2.5, 1.0, 2.0)), ("xyz", (1.0, 1.0, 1.0)), ("xy", (1.0, 1.0, 1.0))):
+        held = plane_features(vol, _directional, planes, spacing)
+        store = DiskPlanes(vol.shape, 3, planes, tmp_path, "v.tif").fill(vol, _directional, spacing)
+        (folder,) = tmp_path.iterdir()
+        assert sum(f.stat().st_size for f in folder.iterdir()) == disk_planes_bytes(vol.shape, 3, planes)
+        np.testing.assert_array_equal(store.read((slice(0, 5), slice(0, 6), slice(0, 7))), held)
+        for window in ((slice(1, 4), slice(2, 6), slice(0, 3)), (slice(4, 5), slice(5, 6), slice(6, 7))):
+            np.testing.assert_array_equal(store.read(window), held[window])
+        store.close()
+        assert not any(tmp_path.iterdir())
+    # the xz and yz planes really are in the sum
+    assert not np.allclose(plane_features(vol, _directional, "xyz"), plane_features(vol, _directional, "xy"))
+    store = DiskPlanes(vol.shape, 2, "xyz", tmp_path)
+    with pytest.raises(ShapeError, match="3 channels, the store was made for 2"):
+        store.fill(vol, _directional)
+    del store  # collected: its folder goes with it
+    assert not any(tmp_path.iterdir())
+    with pytest.raises(ConfigError, match="does not exist.*TMPDIR"):
+        DiskPlanes(vol.shape, 3, "xyz", tmp_path / "missing")
+
+
+def test_blockwise_xyz_planes_beyond_memory_go_to_scratch_disk_with_the_same_results(
+        stack, xyz_engine, xyz_feats, tmp_path, monkeypatch):
+    """Above the in-memory limit the xyz features live in scratch files (TMPDIR): the same features
+    per slice and per brick, the same labels, and the files are gone afterwards."""
+    import tempfile
+
+    import hrdv2.engine.planes as planes_module
+    from hrdv2.segmentation import Segmenter
+    from hrdv2.segmentation.blockwise import segment_blockwise
+
+    vol, gt = stack
+    bf = BlockFeatures(xyz_engine, as_lazy(vol), 8, scratch=tmp_path, max_held_bytes=0)
+    assert bf.planes_on_disk and bf.plan.block_shape == (8, 8, 8) and len(bf.plan) == 4
+    for z in range(len(vol)):
+        np.testing.assert_array_equal(bf.slice_features(z), xyz_feats[z])
+    (folder,) = tmp_path.iterdir()
+    assert folder.name.startswith("hrdv2-planes-")
+    for block in bf.plan:
+        np.testing.assert_array_equal(bf.features(vol[block.read], block), xyz_feats[block.write])
+    bf.close()
+    assert not any(tmp_path.iterdir())
+    # the whole pipeline: over the (patched) limit, apply's bricks read the scratch files under TMPDIR
+    seg = Segmenter(xyz_engine.config, classifier="logistic", backbones=xyz_engine.backbones)
+    seg.fit([vol[2], vol[3]], [gt[2], gt[3]], [xyz_feats[2], xyz_feats[3]])
+    held = segment_blockwise(seg, vol, block_size=8)
+    monkeypatch.setattr(planes_module, "MAX_PLANES_BYTES", 0)
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    seen: list[bool] = []
+    real_read = planes_module.DiskPlanes.read
+    monkeypatch.setattr(planes_module.DiskPlanes, "read", lambda self, w: seen.append(True) or real_read(self, w))
+    np.testing.assert_array_equal(segment_blockwise(seg, vol, block_size=8), held)
+    assert len(seen) == 4 and not any(tmp_path.iterdir())  # one read per brick, files deleted
+    # thin bricks keep each brick's features bounded: 512 px sides of 384 channels are 1 slice deep
+    wide = as_lazy(np.zeros((4, 600, 600), np.uint8))
+    monkeypatch.undo()
+    assert BlockFeatures(xyz_engine, wide, 512).plan.block_shape == (1, 512, 512)

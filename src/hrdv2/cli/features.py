@@ -117,7 +117,7 @@ def _classical_fallback(name: str, image: np.ndarray, out: Path, pca_png: bool) 
               help="Block-wise: ViT tile side in px (tiles overlap by 1/8 and are blended, so there are no seams).")
 @click.option("--planes", type=click.Choice(["xy", "xyz"]), default="xy", show_default=True,
               help="xy: every page on its own; xyz: a stack as a (Z, Y, X) volume, features averaged over its xy, xz "
-                   "and yz slices (needs --format ome-zarr; docs/blockwise.md).")
+                   "and yz slices (needs --format ome-zarr; large volumes use scratch disk under TMPDIR: docs/blockwise.md).")
 @click.option("--pca-png/--no-pca-png", default=True, show_default=True, help="Write a PCA picture of the features.")
 @click.option("--attention-png/--no-attention-png", default=True, show_default=True,
               help="Write the CLS attention (mean over heads) as a heat map.")
@@ -304,7 +304,10 @@ def _featurise_blockwise(engine, path: Path, out: Path, block_size: int | None, 
     key = f"{engine.config.key()}|{path.resolve()}:{st.st_size}:{st.st_mtime_ns}|{bf.plan.block_shape}|{tile}"
     writer = OmeZarrWriter(out / f"{stem}_features.ome.zarr", np.float32, bf.n_features, key=key)
     with tqdm(desc=path.name, unit="block", leave=False, disable=None) as bar:
-        target = map_blocks(lazy, bf.plan, bf.features, writer, progress=bar, workers=bf.use_workers())
+        try:
+            target = map_blocks(lazy, bf.plan, bf.features, writer, progress=bar, workers=bf.use_workers())
+        finally:
+            bf.close()
     if pca_png:
         _pyramid_pca_png(target, out / f"{stem}_pca.png")
     dims = "x".join(str(n) for n in reversed(lazy.spatial_shape))

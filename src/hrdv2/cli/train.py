@@ -75,7 +75,8 @@ def _floats(text: str) -> tuple[float, ...]:
 @click.option("--spacing", default="1,1,1", show_default=True,
               help="Volume mode: voxel size z,y,x (e.g. 4,1,1 for slices 4x thicker than pixels).")
 @click.option("--planes", type=click.Choice(["xy", "xyz"]), default="xy", show_default=True,
-              help="Volume mode, deep features: xy slices only, or the mean over xy, xz and yz slices (3x the ViT work).")
+              help="Volume mode, deep features: xy slices only, or the mean over xy, xz and yz slices (3x the ViT work; "
+                   "large volumes use scratch disk under TMPDIR).")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Model file to write (.skops).")
 def train(images, scribbles, kind, classifier, sigmas, filters, normalise, backbone, weights, stride, flips,
           pca_components, crf, max_samples, class_names, cache_dir, device, volume, spacing, out, shift_text="1,2",
@@ -197,6 +198,7 @@ def _train_volume(seg, images: tuple[Path, ...], scribbles: tuple[Path, ...], ou
             scrs.append(labels[z])
             feats.append(bf.slice_features(z))
             names.append(f"{sp} slice {z}")
+        bf.close()
     if not imgs:
         raise HRDv2Error(f"no labelled pixels in {', '.join(map(str, scribbles))}: paint at least one stroke per class.")
     seg.fit(imgs, scrs, feats, names=names)

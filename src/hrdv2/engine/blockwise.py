@@ -16,9 +16,10 @@
   pass (:meth:`BlockFeatures.hybrid_statistics`): equal to a whole-image (tiled) hybrid run, at
   the price of computing the deep tiles twice;
 * deep features of a volume (``volume=True``): ``planes="xy"`` runs page by page like a stack
-  (blended tiles, bounded memory) with the whole volume's statistics; ``planes="xyz"`` holds the
-  whole volume's slice features (:mod:`hrdv2.engine.planes`), computed at the first brick
-  (refused above a size).
+  (blended tiles, bounded memory) with the whole volume's statistics; ``planes="xyz"`` computes
+  every slice's features at the first brick (:mod:`hrdv2.engine.planes`) and keeps their mean in
+  memory when it fits under ``max_held_bytes``, else on scratch disk (``scratch``), read back
+  brick by brick (thin bricks: at most :data:`DEEP_BRICK_BYTES` of features each).
 
 Memory is one block in flight (deep features: plus one tile and the held strip of the next
 block row, ``held_rows * W * C * 4`` bytes, refused above ``max_strip_bytes``). Classical blocks
@@ -29,6 +30,8 @@ many blocks as workers are in flight.
 from __future__ import annotations
 
 import os
+import tempfile
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -60,6 +63,7 @@ def block_parallelism(workers: int | None) -> tuple[int, int]:
     return blocks, max(1, cpus // blocks)
 
 
+DEEP_BRICK_BYTES = 256 * 1024**2  # deep features of one xyz-planes brick: its depth is cut to fit
 MAX_STRIP_BYTES = 2 * 1024**3  # deep tile parts held between blocks: ViT-S (384 ch), tile 448 -> images up to ~21k px wide
 
 
@@ -83,13 +87,17 @@ class BlockFeatures:
     ``max_strip_bytes``: the most deep-feature bytes held between blocks (refused above it).
     ``threads``: threads of the classical filters inside one block (None: all CPUs; 1 when
     several blocks run at once, see :attr:`parallel_safe`).
+    Deep features over xyz planes: held in memory up to ``max_held_bytes``
+    (:data:`~hrdv2.engine.planes.MAX_PLANES_BYTES`), else in a folder under ``scratch`` (None:
+    ``tempfile.gettempdir()``, i.e. ``TMPDIR``) that :meth:`close` removes.
     Call ``features(data, block)`` with ``data = source[block.read]``: it returns the block's
     write-window features ``(1, h, w, F)`` for a stack, ``(h, w, F)`` for an image.
     """
 
     def __init__(self, engine: FeatureEngine, source: LazyArray, block_size: int = DEFAULT_BLOCK_SIZE,
                  tile: int = DEFAULT_TILE, overlap: int = DEFAULT_OVERLAP, max_strip_bytes: int = MAX_STRIP_BYTES,
-                 threads: int | None = None):
+                 threads: int | None = None, scratch: str | os.PathLike | None = None,
+                 max_held_bytes: int | None = None):
         config = engine.config
         self.threads = threads
         if config.uses_deep and config.pca_components:
@@ -116,14 +124,25 @@ class BlockFeatures:
             from hrdv2.features.classical3d import classical3d_halo
 
             self.grid = None
-            self._volume_deep: np.ndarray | None = None  # deep volume features: computed whole, then sliced
-            self.halo3 = (0, 0, 0) if config.uses_deep else classical3d_halo(config.sigmas, config.filters,
-                                                                             config.spacing)
-            self.plan = plan_blocks(spatial, int(block_size), halo=self.halo3, alignment=1)
-            if config.uses_deep:  # held whole: refuse up front what cannot be
-                from hrdv2.engine.planes import check_planes_size
+            self._planes: Any = None  # deep xyz features: HeldPlanes / DiskPlanes, built at the first brick
+            if config.uses_deep:
+                from hrdv2.engine.planes import MAX_PLANES_BYTES, disk_planes_bytes, planes_fit_in_memory
 
-                check_planes_size(spatial, self.n_features, source.name)
+                self.halo3 = (0, 0, 0)
+                side, channels = int(block_size), self.n_features
+                depth = max(1, min(side, DEEP_BRICK_BYTES // (side * side * channels * 4)))
+                self.plan = plan_blocks(spatial, (depth, side, side), halo=0, alignment=1)
+                limit = MAX_PLANES_BYTES if max_held_bytes is None else int(max_held_bytes)
+                self.planes_on_disk = not planes_fit_in_memory(spatial, channels, limit)
+                self.scratch = scratch
+                if self.planes_on_disk:  # refuse up front what the scratch disk cannot take
+                    from hrdv2.engine.planes import check_scratch
+
+                    check_scratch(Path(scratch) if scratch is not None else Path(tempfile.gettempdir()),
+                                  disk_planes_bytes(spatial, channels, config.planes), spatial, channels, source.name)
+                return
+            self.halo3 = classical3d_halo(config.sigmas, config.filters, config.spacing)
+            self.plan = plan_blocks(spatial, int(block_size), halo=self.halo3, alignment=1)
             return
         if config.uses_deep:
             self.grid = TileGrid(self.page_shape, tile, overlap)
@@ -228,7 +247,7 @@ class BlockFeatures:
     def features(self, data: np.ndarray, block: Block) -> np.ndarray:
         """The write-window features of ``block`` from its read-window pixels ``data``."""
         if self.bricks and self.engine.config.uses_deep:
-            return self.volume_deep()[block.write]
+            return self.volume_planes().read(block.write)
         if self.bricks:
             from hrdv2.features.classical3d import classical_features_3d
 
@@ -283,26 +302,41 @@ class BlockFeatures:
             self._hybrid_stats[z] = tuple(parts)
         return self._hybrid_stats[z]
 
-    def volume_deep(self) -> np.ndarray:
-        """(Z, Y, X, C) deep features of the whole volume (volume mode), computed once and held."""
-        if self._volume_deep is None:
+    def volume_planes(self) -> Any:
+        """The deep plane features of the whole volume (volume mode, xyz planes), computed once at
+        the first call: :class:`~hrdv2.engine.planes.HeldPlanes` or, when they do not fit in memory,
+        :class:`~hrdv2.engine.planes.DiskPlanes` (slices normalised one at a time, with the whole
+        volume's statistics). Both are read by window (``read``)."""
+        if self._planes is None:
             from tqdm import tqdm
 
-            from hrdv2.engine.planes import n_slices
+            from hrdv2.engine.core import check_finite_volume
+            from hrdv2.engine.planes import DiskPlanes, HeldPlanes, n_slices
 
             c = self.engine.config
-            with tqdm(total=n_slices(self.source.spatial_shape, c.planes), desc=f"deep features ({c.planes} planes)",
-                      unit="slice", leave=False, disable=None) as bar:
+            where = "on disk" if self.planes_on_disk else "in memory"
+            with tqdm(total=n_slices(self.source.spatial_shape, c.planes), desc=f"deep features ({c.planes} planes, "
+                      f"{where})", unit="slice", leave=False, disable=None) as bar:
                 vol = self.source[...]
-                vol = vol[..., 0] if vol.ndim == 4 else vol
-                self._volume_deep = self.engine.volume_features(vol, progress=bar, name=self.source.name)
-        return self._volume_deep
+                vol = check_finite_volume(vol[..., 0] if vol.ndim == 4 else vol, self.source.name)
+                if self.planes_on_disk:
+                    store = DiskPlanes(vol.shape, self.n_features, c.planes, self.scratch, self.source.name)
+                    self._planes = store.fill(_NormalisedVolume(vol, self.normalisation(-1)), self.engine.deep_features,
+                                              c.spacing, progress=bar)
+                else:
+                    self._planes = HeldPlanes(self.engine.volume_features(vol, progress=bar, name=self.source.name))
+        return self._planes
 
+    def close(self) -> None:
+        """Release what the blocks share: deep plane features (their scratch files are deleted)."""
+        if self.bricks and self._planes is not None:
+            self._planes.close()
+            self._planes = None
 
     def slice_features(self, z: int, block_size: int = 512) -> np.ndarray:
         """(Y, X, F) volume-mode features of slice ``z`` alone (what training on a labelled slice
         needs): 3-D filters in (1, B, B) bricks with the full 3-D halo; deep xy features from the
-        slice's own blocks; xyz planes from the held whole-volume features."""
+        slice's own blocks; xyz planes read from the volume's plane features (held or on disk)."""
         if not self.volume:
             raise ConfigError("slice_features is for volume mode; in page mode featurise the page itself.")
         if not self.bricks:  # deep xy: the page's own blocks, in raster order (each tile computed once)
@@ -312,7 +346,8 @@ class BlockFeatures:
                     out[block.write[1:]] = self.features(self.source[block.read], block)[0]
             return out
         if self.engine.config.uses_deep:
-            return self.volume_deep()[z]
+            nz, ny, nx = self.source.spatial_shape
+            return self.volume_planes().read((slice(z, z + 1), slice(0, ny), slice(0, nx)))[0]
         nz, ny, nx = self.source.spatial_shape
         hz, hy, hx = self.halo3
         out = np.empty((ny, nx, self.n_features), np.float32)
@@ -325,6 +360,18 @@ class BlockFeatures:
                 block = Block(-1, (z, y0, x0), write, read)
                 out[y0:y1, x0:x1] = self.features(self.source[read], block)[0]
         return out
+
+
+class _NormalisedVolume:
+    """A (Z, Y, X) volume whose slices come out normalised (``normalise_block``: elementwise, so a
+    slice equals the same slice of the whole normalised volume), without a float copy of it all."""
+
+    def __init__(self, volume: np.ndarray, norm: Normalisation):
+        self.volume, self.norm = volume, norm
+        self.shape, self.ndim = volume.shape, volume.ndim
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        return normalise_block(self.volume[key], self.norm)
 
 
 def tiled_features(engine: FeatureEngine, image: np.ndarray, tile: int = DEFAULT_TILE,

@@ -11,18 +11,25 @@ its z axis is first resampled linearly to pixels as long as the in-plane ones (`
 x)`` rows), featurised, and the features resampled back to Z rows (linear, pixel centres
 aligned). xy slices are featurised as they are.
 
-Memory: the whole (Z, Y, X, C) float32 result is held (accumulated slice by slice in place, no
-per-axis copy); volumes whose features exceed :data:`MAX_PLANES_BYTES` (or the available memory)
-are refused up front. Bounded-memory (brick-wise) tri-planar features are not implemented.
+Memory: :func:`plane_features` holds the whole (Z, Y, X, C) float32 result (accumulated slice by
+slice in place, no per-axis copy) and is refused above :data:`MAX_PLANES_BYTES` (or the available
+memory). Block-wise runs above that use :class:`DiskPlanes`: the same sums in two float32 files in
+a scratch folder (``8 * C`` bytes per voxel of disk, ``tempfile.gettempdir()`` by default, so
+``TMPDIR`` moves it), written slice by slice and read back window by window, so memory holds one
+slice's features and one window's; the values are bit for bit those of the in-memory mean.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable
+import shutil
+import tempfile
+import weakref
+from pathlib import Path
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from hrdv2.errors import ConfigError, ShapeError
+from hrdv2.errors import ConfigError, ResourceLimitError, ShapeError
 
 MAX_PLANES_BYTES = 4 << 30  # e.g. 128^3 voxels of ViT-S features (384 float32 channels) = 3.2 GB
 MIN_SIDE = 4  # the ViT's smallest image side (as hrdv2.engine.core.check_image)
@@ -37,16 +44,24 @@ def planes_bytes(shape: tuple[int, int, int], channels: int) -> int:
 
 
 def check_planes_size(shape: tuple[int, int, int], channels: int, name: str = "volume") -> None:
-    """Refuse, in one line, volumes whose whole-volume features cannot be held."""
+    """Refuse, in one line, volumes whose whole-volume features cannot be held in memory."""
     from hrdv2.io import require_memory
 
     need = planes_bytes(shape, channels)
     if need > MAX_PLANES_BYTES:
         raise ShapeError(f"{name}: deep features of a {'x'.join(map(str, shape))} volume over planes need "
-                         f"{need / 1e9:.1f} GB ({channels} channels, whole volume held); the limit is "
-                         f"{MAX_PLANES_BYTES / 1e9:.1f} GB. Crop the volume, or use per-slice deep features "
-                         "(planes xy without --volume, block-wise) or classical 3-D features.")
+                         f"{need / 1e9:.1f} GB ({channels} channels, whole volume held); the limit in memory is "
+                         f"{MAX_PLANES_BYTES / 1e9:.1f} GB. Run it block-wise (hrdv2 apply / features, or "
+                         "BlockFeatures), which keeps them on scratch disk, or crop the volume.")
     require_memory(need, f"deep features over planes of {name}")
+
+
+def planes_fit_in_memory(shape: tuple[int, int, int], channels: int, limit: int = MAX_PLANES_BYTES) -> bool:
+    """Whether the whole (Z, Y, X, C) features are at most ``limit`` bytes and fit in available memory."""
+    from hrdv2.io.limits import available_memory_bytes
+
+    need = planes_bytes(shape, channels)
+    return need <= limit and need <= available_memory_bytes()
 
 
 def resample_axis0(a: np.ndarray, n: int) -> np.ndarray:
@@ -67,13 +82,13 @@ def _iso_rows(nz: int, dz: float, d_in: float) -> int:
     return max(MIN_SIDE, int(round(nz * dz / d_in)))
 
 
-def plane_features(volume01: np.ndarray, featurise: SliceFeatures, planes: str = "xyz",
-                   spacing: tuple[float, float, float] = (1.0, 1.0, 1.0), progress: Any = None) -> np.ndarray:
-    """(Z, Y, X, C) float32 deep features of a normalised (Z, Y, X) volume, averaged over ``planes``.
-
-    ``featurise`` maps one 2-D slice to its (h, w, C) features (the engine's HR-Dv2 featurizer).
-    ``progress``: an optional tqdm-like object (``update(n)``), advanced once per slice.
-    """
+def slice_features(volume01: Any, featurise: SliceFeatures, planes: str = "xyz",
+                   spacing: tuple[float, float, float] = (1.0, 1.0, 1.0),
+                   progress: Any = None) -> Iterator[tuple[int, int, np.ndarray]]:
+    """Every slice's features, in Z rows: ``(axis, index, f)`` with axis 0 for xy slice ``z``
+    (``f``: (Y, X, C)), then axis 1 for xz slice ``y`` ((Z, X, C)), then axis 2 for yz slice ``x``
+    ((Z, Y, C)). ``volume01``: a normalised (Z, Y, X) array, or anything that slices like one.
+    ``progress``: an optional tqdm-like object (``update(n)``), advanced once per slice."""
     if planes not in ("xy", "xyz"):
         raise ConfigError(f"unknown planes {planes!r}; choose xy or xyz.")
     if volume01.ndim != 3:
@@ -83,32 +98,155 @@ def plane_features(volume01: np.ndarray, featurise: SliceFeatures, planes: str =
     if min(ny, nx) < MIN_SIDE or (planes == "xyz" and nz < 2):
         raise ShapeError(f"volume {nz}x{ny}x{nx} (ZxYxX) is too small for deep features over planes {planes}: "
                          f"Y and X need at least {MIN_SIDE} px, Z at least 2 slices.")
-    out: np.ndarray | None = None
 
-    def step() -> None:
+    def done(item: tuple[int, int, np.ndarray]) -> tuple[int, int, np.ndarray]:
         if progress is not None:
             progress.update(1)
+        return item
 
     for z in range(nz):
-        f = featurise(volume01[z])
-        if out is None:
-            out = np.empty((nz, ny, nx, f.shape[-1]), np.float32)
-        out[z] = f
-        step()
-    assert out is not None
+        yield done((0, z, featurise(volume01[z])))
     if planes == "xy":
-        return out
+        return
     rows_xz, rows_yz = _iso_rows(nz, dz, dx), _iso_rows(nz, dz, dy)
     for y in range(ny):  # xz slices: (Z, X) -> isotropic rows -> features -> back to Z rows
-        f = featurise(resample_axis0(volume01[:, y, :], rows_xz))
-        out[:, y] += resample_axis0(f, nz)
-        step()
+        yield done((1, y, resample_axis0(featurise(resample_axis0(volume01[:, y, :], rows_xz)), nz)))
     for x in range(nx):  # yz slices: (Z, Y)
-        f = featurise(resample_axis0(volume01[:, :, x], rows_yz))
-        out[:, :, x] += resample_axis0(f, nz)
-        step()
-    out /= np.float32(3.0)
+        yield done((2, x, resample_axis0(featurise(resample_axis0(volume01[:, :, x], rows_yz)), nz)))
+
+
+def plane_features(volume01: np.ndarray, featurise: SliceFeatures, planes: str = "xyz",
+                   spacing: tuple[float, float, float] = (1.0, 1.0, 1.0), progress: Any = None) -> np.ndarray:
+    """(Z, Y, X, C) float32 deep features of a normalised (Z, Y, X) volume, averaged over ``planes``.
+
+    ``featurise`` maps one 2-D slice to its (h, w, C) features (the engine's HR-Dv2 featurizer).
+    ``progress``: an optional tqdm-like object (``update(n)``), advanced once per slice.
+    """
+    out: np.ndarray | None = None
+    for axis, i, f in slice_features(volume01, featurise, planes, spacing, progress):
+        if out is None:
+            out = np.empty(tuple(volume01.shape) + (f.shape[-1],), np.float32)
+        if axis == 0:
+            out[i] = f
+        elif axis == 1:
+            out[:, i] += f
+        else:
+            out[:, :, i] += f
+    assert out is not None
+    if planes == "xyz":
+        out /= np.float32(3.0)
     return out
+
+
+class HeldPlanes:
+    """Plane features held in memory (:func:`plane_features`), read by window like :class:`DiskPlanes`."""
+
+    on_disk = False
+
+    def __init__(self, features: np.ndarray):
+        self.features = features
+
+    def read(self, window: tuple[slice, slice, slice]) -> np.ndarray:
+        return self.features[window]
+
+    def close(self) -> None:
+        self.features = np.empty((0, 0, 0, 0), np.float32)
+
+
+class DiskPlanes:
+    """Plane features of a volume on disk, for volumes whose features do not fit in memory.
+
+    Two raw float32 files in a fresh folder under ``directory``: ``xy_xz`` in (Z, Y, X, C) order
+    holds the xy slices' features plus the xz slices' (each xz slice adds to Z runs of X * C
+    contiguous values), ``yz`` in (X, Z, Y, C) order holds the yz slices' (each one contiguous
+    write). A window is the sum of the two, divided by 3, in the order :func:`plane_features`
+    sums them, so the values are the same bit for bit. Every access maps the files only for its
+    own duration, so the process's memory holds one slice or one window, never the volume. The
+    folder is removed by :meth:`close`, when the object is collected, or at exit.
+    """
+
+    on_disk = True
+
+    def __init__(self, shape: tuple[int, int, int], channels: int, planes: str = "xyz",
+                 directory: str | Path | None = None, name: str = "volume"):
+        if planes not in ("xy", "xyz"):
+            raise ConfigError(f"unknown planes {planes!r}; choose xy or xyz.")
+        self.shape = tuple(int(v) for v in shape)
+        self.channels, self.planes = int(channels), planes
+        parent = Path(directory) if directory is not None else Path(tempfile.gettempdir())
+        check_scratch(parent, disk_planes_bytes(self.shape, self.channels, planes), self.shape, self.channels, name)
+        self.folder = Path(tempfile.mkdtemp(prefix="hrdv2-planes-", dir=parent))
+        self._cleanup = weakref.finalize(self, shutil.rmtree, str(self.folder), True)
+        z, y, x = self.shape
+        self._files = {"xy_xz": (self.folder / "xy_xz.f32", (z, y, x, self.channels))}
+        if planes == "xyz":
+            self._files["yz"] = (self.folder / "yz.f32", (x, z, y, self.channels))
+        for path, dims in self._files.values():
+            with open(path, "wb") as fh:  # sparse until written
+                fh.truncate(4 * int(np.prod(dims)))
+
+    def _map(self, which: str, mode: str) -> np.memmap:
+        path, dims = self._files[which]
+        return np.memmap(path, np.float32, mode, shape=dims)
+
+    def add(self, axis: int, index: int, f: np.ndarray) -> None:
+        """Store one slice's features (``axis``/``index``/``f`` as :func:`slice_features` yields)."""
+        if axis == 2:
+            mm = self._map("yz", "r+")
+            mm[index] = f
+        else:
+            mm = self._map("xy_xz", "r+")
+            if axis == 0:
+                mm[index] = f
+            else:
+                mm[:, index] += f
+        del mm  # unmapped: the written pages stay in the page cache, outside this process's memory
+
+    def fill(self, volume01: Any, featurise: SliceFeatures, spacing: tuple[float, float, float] = (1.0, 1.0, 1.0),
+             progress: Any = None) -> "DiskPlanes":
+        """Featurise every slice of ``volume01`` into the files (see :func:`slice_features`)."""
+        if tuple(volume01.shape) != self.shape:
+            raise ShapeError(f"volume of shape {tuple(volume01.shape)} does not match the store's {self.shape}.")
+        for axis, i, f in slice_features(volume01, featurise, self.planes, spacing, progress):
+            if f.shape[-1] != self.channels:
+                raise ShapeError(f"slice features have {f.shape[-1]} channels, the store was made for {self.channels}.")
+            self.add(axis, i, f)
+        return self
+
+    def read(self, window: tuple[slice, slice, slice]) -> np.ndarray:
+        """(z, y, x, C) float32 features of ``window`` (three slices)."""
+        zs, ys, xs = window
+        mm = self._map("xy_xz", "r")
+        out = np.array(mm[zs, ys, xs], dtype=np.float32)
+        del mm
+        if self.planes == "xyz":
+            mm = self._map("yz", "r")
+            out += mm[xs, zs, ys].transpose(1, 2, 0, 3)
+            del mm
+            out /= np.float32(3.0)
+        return out
+
+    def close(self) -> None:
+        """Delete the files now."""
+        self._cleanup()
+
+
+def disk_planes_bytes(shape: tuple[int, int, int], channels: int, planes: str = "xyz") -> int:
+    """Scratch bytes :class:`DiskPlanes` writes: one (Z, Y, X, C) float32 file per sum it keeps."""
+    return planes_bytes(shape, channels) * (2 if planes == "xyz" else 1)
+
+
+def check_scratch(folder: Path, need: int, shape: tuple[int, int, int], channels: int, name: str) -> None:
+    """Refuse, in one line, a scratch folder that is missing or has too little free disk."""
+    if not folder.is_dir():
+        raise ConfigError(f"scratch folder {folder} for the deep plane features of {name} does not exist; create "
+                          "it, or set TMPDIR to a folder that does.")
+    free = shutil.disk_usage(folder).free
+    if need > free:
+        raise ResourceLimitError(
+            f"{name}: deep features over planes of a {'x'.join(map(str, shape))} volume ({channels} channels) need "
+            f"{need / 1e9:.1f} GB of scratch disk in {folder}, which has {free / 1e9:.1f} GB free; set TMPDIR to a "
+            "folder on a disk with room, crop the volume, or use --planes xy (no scratch needed).")
 
 
 def n_slices(shape: tuple[int, int, int], planes: str) -> int:

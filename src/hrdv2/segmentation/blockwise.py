@@ -144,7 +144,10 @@ def segment_blockwise(
         writer = ArrayWriter(np.float32 if proba else np.uint8, len(classes) if proba else None)
     if proba_writer is not None:
         proba_writer.start(bf.plan, resume=resume)
-    result = map_blocks(lazy, bf.plan, func, writer, progress=progress, resume=resume, workers=blocks_at_once)
+    try:
+        result = map_blocks(lazy, bf.plan, func, writer, progress=progress, resume=resume, workers=blocks_at_once)
+    finally:
+        bf.close()  # deep xyz plane features on scratch disk are deleted
     if proba_writer is not None:
         proba_writer.finish()
     return result
