@@ -216,6 +216,20 @@ def test_disk_planes_equal_the_held_mean_bit_for_bit_and_leave_no_files(tmp_path
         assert not any(tmp_path.iterdir())
     # the xz and yz planes really are in the sum
     assert not np.allclose(plane_features(vol, _directional, "xyz"), plane_features(vol, _directional, "xy"))
+    # never memory-mapped: a mapping's page-cache folios around every strided xz run would count
+    # as this process's memory (0.4-0.8 GB per slice measured), where pread/pwrite buffers do not
+    import mmap
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("DiskPlanes memory-mapped a file")
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(np, "memmap", refuse)
+        mp.setattr(mmap, "mmap", refuse)
+        store = DiskPlanes(vol.shape, 3, "xyz", tmp_path).fill(vol, _directional)
+        np.testing.assert_array_equal(store.read((slice(0, 5), slice(0, 6), slice(0, 7))),
+                                      plane_features(vol, _directional, "xyz"))
+        store.close()
     store = DiskPlanes(vol.shape, 2, "xyz", tmp_path)
     with pytest.raises(ShapeError, match="3 channels, the store was made for 2"):
         store.fill(vol, _directional)

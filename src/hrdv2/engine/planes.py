@@ -15,12 +15,15 @@ Memory: :func:`plane_features` holds the whole (Z, Y, X, C) float32 result (accu
 slice in place, no per-axis copy) and is refused above :data:`MAX_PLANES_BYTES` (or the available
 memory). Block-wise runs above that use :class:`DiskPlanes`: the same sums in two float32 files in
 a scratch folder (``8 * C`` bytes per voxel of disk, ``tempfile.gettempdir()`` by default, so
-``TMPDIR`` moves it), written slice by slice and read back window by window, so memory holds one
-slice's features and one window's; the values are bit for bit those of the in-memory mean.
+``TMPDIR`` moves it), written slice by slice and read back window by window (pread / pwrite, no
+memory map), so memory holds one slice's features or one window's; the values are bit for bit
+those of the in-memory mean.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
 import tempfile
 import weakref
@@ -153,6 +156,31 @@ class HeldPlanes:
         self.features = np.empty((0, 0, 0, 0), np.float32)
 
 
+def _write_at(fd: int, arr: np.ndarray, offset: int) -> None:
+    """Write a C-contiguous array's bytes at ``offset`` (pwrite may write less than asked)."""
+    view = memoryview(np.ascontiguousarray(arr)).cast("B")
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view, offset = view[n:], offset + n
+
+
+def _read_at(fd: int, out: np.ndarray, offset: int) -> None:
+    """Fill the C-contiguous array ``out`` with the bytes at ``offset``."""
+    view = memoryview(out).cast("B")
+    while view:
+        n = os.preadv(fd, [view], offset)
+        if n == 0:
+            raise OSError(f"unexpected end of a plane-features file at byte {offset}")
+        view, offset = view[n:], offset + n
+
+
+def _remove_store(fds: list[int], folder: str) -> None:
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
 class DiskPlanes:
     """Plane features of a volume on disk, for volumes whose features do not fit in memory.
 
@@ -160,9 +188,11 @@ class DiskPlanes:
     holds the xy slices' features plus the xz slices' (each xz slice adds to Z runs of X * C
     contiguous values), ``yz`` in (X, Z, Y, C) order holds the yz slices' (each one contiguous
     write). A window is the sum of the two, divided by 3, in the order :func:`plane_features`
-    sums them, so the values are the same bit for bit. Every access maps the files only for its
-    own duration, so the process's memory holds one slice or one window, never the volume. The
-    folder is removed by :meth:`close`, when the object is collected, or at exit.
+    sums them, so the values are the same bit for bit. The files are read and written with
+    pread / pwrite into the process's own buffers, never memory-mapped: a mapping would count the
+    page cache's large folios around every strided run as this process's memory (measured: 0.4-0.8
+    GB for one 57 MB xz slice), where buffers hold one slice or one window. The folder is removed
+    by :meth:`close`, when the object is collected, or at exit.
     """
 
     on_disk = True
@@ -176,31 +206,36 @@ class DiskPlanes:
         parent = Path(directory) if directory is not None else Path(tempfile.gettempdir())
         check_scratch(parent, disk_planes_bytes(self.shape, self.channels, planes), self.shape, self.channels, name)
         self.folder = Path(tempfile.mkdtemp(prefix="hrdv2-planes-", dir=parent))
-        self._cleanup = weakref.finalize(self, shutil.rmtree, str(self.folder), True)
+        fds: list[int] = []
+        self._cleanup = weakref.finalize(self, _remove_store, fds, str(self.folder))
         z, y, x = self.shape
-        self._files = {"xy_xz": (self.folder / "xy_xz.f32", (z, y, x, self.channels))}
-        if planes == "xyz":
-            self._files["yz"] = (self.folder / "yz.f32", (x, z, y, self.channels))
-        for path, dims in self._files.values():
-            with open(path, "wb") as fh:  # sparse until written
-                fh.truncate(4 * int(np.prod(dims)))
+        names = ("xy_xz", "yz") if planes == "xyz" else ("xy_xz",)
+        self._fd: dict[str, int] = {}
+        for which in names:
+            fd = os.open(self.folder / f"{which}.f32", os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
+            fds.append(fd)
+            os.ftruncate(fd, planes_bytes(self.shape, self.channels))  # sparse until written
+            self._fd[which] = fd
 
-    def _map(self, which: str, mode: str) -> np.memmap:
-        path, dims = self._files[which]
-        return np.memmap(path, np.float32, mode, shape=dims)
+    def _offset(self, a: int, b: int, c: int, dims: tuple[int, int]) -> int:
+        """Byte offset of element (a, b, c, 0) in a file of (., dims[0], dims[1], C) float32."""
+        return 4 * self.channels * ((a * dims[0] + b) * dims[1] + c)
 
     def add(self, axis: int, index: int, f: np.ndarray) -> None:
         """Store one slice's features (``axis``/``index``/``f`` as :func:`slice_features` yields)."""
-        if axis == 2:
-            mm = self._map("yz", "r+")
-            mm[index] = f
-        else:
-            mm = self._map("xy_xz", "r+")
-            if axis == 0:
-                mm[index] = f
-            else:
-                mm[:, index] += f
-        del mm  # unmapped: the written pages stay in the page cache, outside this process's memory
+        z, y, x = self.shape
+        f = np.asarray(f, dtype=np.float32)
+        if axis == 0:  # xy slice z: one contiguous (Y, X, C) write
+            _write_at(self._fd["xy_xz"], f, self._offset(index, 0, 0, (y, x)))
+        elif axis == 2:  # yz slice x: one contiguous (Z, Y, C) write in the (X, Z, Y, C) file
+            _write_at(self._fd["yz"], f, self._offset(index, 0, 0, (z, y)))
+        else:  # xz slice y: read, add and write back Z runs of (X, C)
+            fd, run = self._fd["xy_xz"], np.empty((x, self.channels), np.float32)
+            for k in range(z):
+                offset = self._offset(k, index, 0, (y, x))
+                _read_at(fd, run, offset)
+                run += f[k]
+                _write_at(fd, run, offset)
 
     def fill(self, volume01: Any, featurise: SliceFeatures, spacing: tuple[float, float, float] = (1.0, 1.0, 1.0),
              progress: Any = None) -> "DiskPlanes":
@@ -214,15 +249,20 @@ class DiskPlanes:
         return self
 
     def read(self, window: tuple[slice, slice, slice]) -> np.ndarray:
-        """(z, y, x, C) float32 features of ``window`` (three slices)."""
-        zs, ys, xs = window
-        mm = self._map("xy_xz", "r")
-        out = np.array(mm[zs, ys, xs], dtype=np.float32)
-        del mm
+        """(z, y, x, C) float32 features of ``window`` (three slices with explicit bounds)."""
+        (z0, z1), (y0, y1), (x0, x1) = ((w.indices(n)[0], w.indices(n)[1]) for w, n in zip(window, self.shape))
+        _, ny, nx = self.shape
+        out = np.empty((z1 - z0, y1 - y0, x1 - x0, self.channels), np.float32)
+        for k in range(z1 - z0):
+            for j in range(y1 - y0):
+                _read_at(self._fd["xy_xz"], out[k, j], self._offset(z0 + k, y0 + j, x0, (ny, nx)))
         if self.planes == "xyz":
-            mm = self._map("yz", "r")
-            out += mm[xs, zs, ys].transpose(1, 2, 0, 3)
-            del mm
+            nz = self.shape[0]
+            yz = np.empty((x1 - x0, z1 - z0, y1 - y0, self.channels), np.float32)
+            for i in range(x1 - x0):
+                for k in range(z1 - z0):
+                    _read_at(self._fd["yz"], yz[i, k], self._offset(x0 + i, z0 + k, y0, (nz, ny)))
+            out += yz.transpose(1, 2, 0, 3)
             out /= np.float32(3.0)
         return out
 
