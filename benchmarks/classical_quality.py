@@ -14,7 +14,12 @@ per-image percentile stretch (the normalisation study in docs/segmentation.md).
 the others are held out from that tuning.
 
 Usage: python benchmarks/classical_quality.py [--sets a,b] [--budget 20] [--json out.json] [--ranking]
-(``--ranking``: every auto candidate's CV score next to its test score, per set.)
+       [--seeds N] [--methods reference,default,auto]
+(``--ranking``: every auto candidate's CV score next to its test score, per set. ``--seeds N``:
+repeat everything with seeds 0..N-1 -- seed s simulates scribbles with ``seed=10 * s + i`` and
+gives every forest, the reference's included, ``random_state=s`` -- and print each method's mean
+and spread over the seeds, the ratio of the means to the reference, and on how many seeds each
+method reached the reference. Seed 0 is the single-seed run.)
 """
 
 from __future__ import annotations
@@ -47,14 +52,16 @@ def _pair(folder: Path, stem: str, label: str) -> tuple[np.ndarray, np.ndarray]:
     return im, read_labels(folder / f"{stem}_{label}.png", im.shape[:2])
 
 
-def build_sets(data: Path) -> dict[str, dict]:
-    """name -> {train: [(image, scribble)], test: [(name, image, labels)], note}."""
+def build_sets(data: Path, seed: int = 0) -> dict[str, dict]:
+    """name -> {train: [(image, scribble)], test: [(name, image, labels)], note}; ``seed`` varies
+    the simulated scribbles (``seed=10 * seed + i``; real scribbles do not change)."""
     sets: dict[str, dict] = {}
 
     def simulated(name: str, folder: Path, pattern: str) -> None:
         stems = _stems(folder, pattern, "gt")
         train = [_pair(folder, s, "gt") for s in stems[:2]]
-        sets[name] = {"train": [(im, simulate_scribbles(gt, seed=i, **SIM)) for i, (im, gt) in enumerate(train)],
+        sets[name] = {"train": [(im, simulate_scribbles(gt, seed=10 * seed + i, **SIM))
+                                for i, (im, gt) in enumerate(train)],
                       "test": [(s, *_pair(folder, s, "gt")) for s in stems[2:8]],
                       "note": "2 / 6, simulated scribbles"}
 
@@ -74,7 +81,7 @@ def build_sets(data: Path) -> dict[str, dict]:
     return sets
 
 
-def _reference(s: dict, n_cls: int) -> tuple[float, list[float]]:
+def _reference(s: dict, n_cls: int, seed: int = 0) -> tuple[float, list[float]]:
     from skimage.feature import multiscale_basic_features
     from sklearn.ensemble import RandomForestClassifier
 
@@ -83,7 +90,7 @@ def _reference(s: dict, n_cls: int) -> tuple[float, list[float]]:
 
     x = np.concatenate([feats(im)[sc > 0] for im, sc in s["train"]])
     y = np.concatenate([sc[sc > 0] for _, sc in s["train"]])
-    clf = RandomForestClassifier(n_estimators=50, max_depth=10, max_samples=0.05, n_jobs=-1, random_state=0).fit(x, y)
+    clf = RandomForestClassifier(n_estimators=50, max_depth=10, max_samples=0.05, n_jobs=-1, random_state=seed).fit(x, y)
     cms = []
     for _, im, gt in s["test"]:
         f = feats(im)
@@ -91,12 +98,12 @@ def _reference(s: dict, n_cls: int) -> tuple[float, list[float]]:
     return mean_iou(sum(cms)), [mean_iou(c) for c in cms]
 
 
-def _hrdv2(s: dict, n_cls: int, method: str, budget: float) -> tuple[float, list[float], str]:
+def _hrdv2(s: dict, n_cls: int, method: str, budget: float, seed: int = 0) -> tuple[float, list[float], str]:
     if method == "auto":
-        seg = Segmenter("auto", auto_budget_s=budget)
+        seg = Segmenter("auto", auto_budget_s=budget, random_state=seed)
     else:
         filters, _, norm = method.partition("/")
-        seg = Segmenter(FeatureConfig(filters=filters, normalise=norm or "auto"))
+        seg = Segmenter(FeatureConfig(filters=filters, normalise=norm or "auto"), random_state=seed)
     seg.fit([im for im, _ in s["train"]], [sc for _, sc in s["train"]])
     cms = [confusion_matrix(seg.predict(im), gt, n_cls) for _, im, gt in s["test"]]
     note = seg.auto_choice_.summary() if method == "auto" else ""
@@ -153,9 +160,17 @@ def main() -> None:
     ap.add_argument("--sets", default=None, help="comma-separated subset of the set names")
     ap.add_argument("--budget", type=float, default=20.0, help="auto's time budget per set (s)")
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--seeds", type=int, default=1, help="repeat with seeds 0..N-1 and summarise (see above)")
+    ap.add_argument("--methods", default=",".join(METHODS),
+                    help=f"with --seeds: a comma-separated subset of {','.join(METHODS)}")
     ap.add_argument("--ranking", action="store_true",
                     help="instead: per set, every auto candidate's CV mIoU against its test mIoU")
     args = ap.parse_args()
+    methods = tuple(m for m in METHODS if m in args.methods.split(","))
+    if "reference" not in methods:
+        raise SystemExit("--methods must include reference (every ratio is to it)")
+    if args.seeds > 1:
+        return _over_seeds(args, methods)
     sets = build_sets(args.data)
     if args.sets:
         sets = {k: v for k, v in sets.items() if k in args.sets.split(",")}
@@ -206,6 +221,38 @@ def main() -> None:
         print(f"mean {m}: {np.mean([r[m] for r in results.values()]):.3f}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
+
+
+def _over_seeds(args: argparse.Namespace, methods: tuple[str, ...]) -> None:
+    """Every set and method at seeds 0..N-1; the summary table of means, spreads and wins."""
+    scores: dict[str, dict[str, list[float]]] = {}
+    for seed in range(args.seeds):
+        sets = build_sets(args.data, seed)
+        for name, s in sets.items():
+            if args.sets and name not in args.sets.split(","):
+                continue
+            n_cls = max(int(max(sc.max() for _, sc in s["train"])), int(max(g.max() for _, _, g in s["test"])))
+            row = scores.setdefault(name, {m: [] for m in methods})
+            for m in methods:
+                value = _reference(s, n_cls, seed)[0] if m == "reference" else _hrdv2(s, n_cls, m, args.budget, seed)[0]
+                row[m].append(value)
+            print(f"seed {seed} {name:<11} " + "  ".join(f"{m} {row[m][-1]:.3f}" for m in methods), flush=True)
+    others = methods[1:]
+    print(f"\n| set | reference | " + " | ".join(others) + " |")
+    print("| --- | --- | " + " | ".join("---" for _ in others) + " |")
+    for name, row in scores.items():
+        ref = np.asarray(row["reference"])
+        cells = []
+        for m in others:
+            v = np.asarray(row[m])
+            cells.append(f"{v.mean():.3f} ± {v.std():.3f} ({v.mean() / ref.mean():.3f}; >= ref on "
+                         f"{int((v >= ref).sum())}/{len(v)})")
+        split = "tuning" if name in TUNED else "held out"
+        print(f"| {name} ({split}) | {ref.mean():.3f} ± {ref.std():.3f} | " + " | ".join(cells) + " |")
+    for m in methods:
+        print(f"mean {m}: {np.mean([np.mean(r[m]) for r in scores.values()]):.3f}")
+    if args.json:
+        args.json.write_text(json.dumps(scores, indent=1))
 
 
 if __name__ == "__main__":

@@ -260,6 +260,21 @@ def test_blockwise_xyz_planes_beyond_memory_go_to_scratch_disk_with_the_same_res
         np.testing.assert_array_equal(bf.features(vol[block.read], block), xyz_feats[block.write])
     bf.close()
     assert not any(tmp_path.iterdir())
+    # a run that fails (or is interrupted) while the slices are being featurised leaves no files
+    failing = FeatureEngine.for_backbone(xyz_engine.backbone, shifts=(), volume=True, planes="xyz")
+    calls: list[int] = []
+
+    def fail_on_the_xz_slices(img: np.ndarray) -> np.ndarray:
+        calls.append(1)
+        if len(calls) > len(vol):
+            raise KeyboardInterrupt
+        return xyz_engine.deep_features(img)
+
+    failing.deep_features = fail_on_the_xz_slices
+    broken = BlockFeatures(failing, as_lazy(vol), 8, scratch=tmp_path, max_held_bytes=0)
+    with pytest.raises(KeyboardInterrupt):
+        broken.slice_features(0)
+    assert len(calls) == len(vol) + 1 and not any(tmp_path.iterdir())
     # the whole pipeline: over the (patched) limit, apply's bricks read the scratch files under TMPDIR
     seg = Segmenter(xyz_engine.config, classifier="logistic", backbones=xyz_engine.backbones)
     seg.fit([vol[2], vol[3]], [gt[2], gt[3]], [xyz_feats[2], xyz_feats[3]])

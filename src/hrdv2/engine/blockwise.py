@@ -37,7 +37,9 @@ from typing import Any, Sequence
 import numpy as np
 
 from hrdv2.blocks import DEFAULT_BLOCK_SIZE, Block, BlockPlan, LazyArray, plan_blocks
-from hrdv2.engine.core import FeatureEngine
+from hrdv2.engine.core import FeatureEngine, check_finite_volume
+from hrdv2.engine.planes import (DiskPlanes, HeldPlanes, check_scratch, disk_planes_bytes, n_slices,
+                                 planes_fit_in_memory)
 from hrdv2.engine.tiling import (DEFAULT_OVERLAP, DEFAULT_TILE, TileGrid, TileStore, blended_features, held_extent,
                                  tile_coverage)
 from hrdv2.errors import ConfigError, ResourceLimitError, ShapeError
@@ -124,20 +126,15 @@ class BlockFeatures:
             from hrdv2.features.classical3d import classical3d_halo
 
             self.grid = None
-            self._planes: Any = None  # deep xyz features: HeldPlanes / DiskPlanes, built at the first brick
+            self._planes: HeldPlanes | DiskPlanes | None = None  # deep xyz features, built at the first brick
             if config.uses_deep:
-                from hrdv2.engine.planes import MAX_PLANES_BYTES, disk_planes_bytes, planes_fit_in_memory
-
                 self.halo3 = (0, 0, 0)
                 side, channels = int(block_size), self.n_features
                 depth = max(1, min(side, DEEP_BRICK_BYTES // (side * side * channels * 4)))
                 self.plan = plan_blocks(spatial, (depth, side, side), halo=0, alignment=1)
-                limit = MAX_PLANES_BYTES if max_held_bytes is None else int(max_held_bytes)
-                self.planes_on_disk = not planes_fit_in_memory(spatial, channels, limit)
+                self.planes_on_disk = not planes_fit_in_memory(spatial, channels, max_held_bytes)
                 self.scratch = scratch
                 if self.planes_on_disk:  # refuse up front what the scratch disk cannot take
-                    from hrdv2.engine.planes import check_scratch
-
                     check_scratch(Path(scratch) if scratch is not None else Path(tempfile.gettempdir()),
                                   disk_planes_bytes(spatial, channels, config.planes), spatial, channels, source.name)
                 return
@@ -302,16 +299,13 @@ class BlockFeatures:
             self._hybrid_stats[z] = tuple(parts)
         return self._hybrid_stats[z]
 
-    def volume_planes(self) -> Any:
+    def volume_planes(self) -> HeldPlanes | DiskPlanes:
         """The deep plane features of the whole volume (volume mode, xyz planes), computed once at
         the first call: :class:`~hrdv2.engine.planes.HeldPlanes` or, when they do not fit in memory,
         :class:`~hrdv2.engine.planes.DiskPlanes` (slices normalised one at a time, with the whole
         volume's statistics). Both are read by window (``read``)."""
         if self._planes is None:
             from tqdm import tqdm
-
-            from hrdv2.engine.core import check_finite_volume
-            from hrdv2.engine.planes import DiskPlanes, HeldPlanes, n_slices
 
             c = self.engine.config
             where = "on disk" if self.planes_on_disk else "in memory"
@@ -321,8 +315,13 @@ class BlockFeatures:
                 vol = check_finite_volume(vol[..., 0] if vol.ndim == 4 else vol, self.source.name)
                 if self.planes_on_disk:
                     store = DiskPlanes(vol.shape, self.n_features, c.planes, self.scratch, self.source.name)
-                    self._planes = store.fill(_NormalisedVolume(vol, self.normalisation(-1)), self.engine.deep_features,
-                                              c.spacing, progress=bar)
+                    try:
+                        store.fill(_NormalisedVolume(vol, self.normalisation(-1)), self.engine.deep_features,
+                                   c.spacing, progress=bar)
+                    except BaseException:  # interrupted or failed: no half-filled files left behind
+                        store.close()
+                        raise
+                    self._planes = store
                 else:
                     self._planes = HeldPlanes(self.engine.volume_features(vol, progress=bar, name=self.source.name))
         return self._planes

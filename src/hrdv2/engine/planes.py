@@ -59,10 +59,12 @@ def check_planes_size(shape: tuple[int, int, int], channels: int, name: str = "v
     require_memory(need, f"deep features over planes of {name}")
 
 
-def planes_fit_in_memory(shape: tuple[int, int, int], channels: int, limit: int = MAX_PLANES_BYTES) -> bool:
-    """Whether the whole (Z, Y, X, C) features are at most ``limit`` bytes and fit in available memory."""
+def planes_fit_in_memory(shape: tuple[int, int, int], channels: int, limit: int | None = None) -> bool:
+    """Whether the whole (Z, Y, X, C) features are at most ``limit`` bytes (None:
+    :data:`MAX_PLANES_BYTES`) and fit in the available memory."""
     from hrdv2.io.limits import available_memory_bytes
 
+    limit = MAX_PLANES_BYTES if limit is None else int(limit)
     need = planes_bytes(shape, channels)
     return need <= limit and need <= available_memory_bytes()
 
