@@ -151,9 +151,8 @@ def child_volume(work: Path, size: int, block: int) -> dict:
 
 def child_planes(work: Path, size: int, mode: str, backbone: str, weights: str) -> dict:
     from hrdv2.blocks import as_lazy, map_blocks
-    from hrdv2.engine import FeatureEngine
     from hrdv2.engine.blockwise import BlockFeatures
-    from hrdv2.engine.planes import MAX_PLANES_BYTES
+    from hrdv2.engine.planes import planes_bytes
     from hrdv2.features.sets import FeatureConfig
     from hrdv2.io import read_image, read_labels
     from hrdv2.segmentation import Segmenter
@@ -168,7 +167,7 @@ def child_planes(work: Path, size: int, mode: str, backbone: str, weights: str) 
     t0 = time.perf_counter()
     bf = BlockFeatures(seg.engine, as_lazy(vol), 128, scratch=work, max_held_bytes=0 if mode == "disk" else None)
     if bf.planes_on_disk != (mode == "disk"):
-        return {"error": f"not held: {vol.size * bf.n_features * 4 / 1e9:.1f} GB is over the in-memory limit"
+        return {"error": f"not held: {planes_bytes(vol.shape, bf.n_features) / 1e9:.1f} GB is over the in-memory limit"
                          if bf.planes_on_disk else "on disk requested, but held"}
     rng = np.random.default_rng(0)
     scribbles = [np.where(rng.random(g.shape) < 0.02, g, 0) for g in gt.values()]
@@ -185,7 +184,7 @@ def child_planes(work: Path, size: int, mode: str, backbone: str, weights: str) 
     bf.close()
     secs = time.perf_counter() - t0
     return {"seconds": secs, "features_s": built, "peak_gb": _peak_gb(), "out": str(out),
-            "features_gb": vol.size * bf.n_features * 4 / 1e9, "held_limit_gb": MAX_PLANES_BYTES / 1e9,
+            "features_gb": planes_bytes(vol.shape, bf.n_features) / 1e9,
             "bricks": len(bf.plan), "brick": list(bf.plan.block_shape), "backbone": seg.engine.describe()}
 
 
@@ -294,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
         # numba compiles hrdv2's kernels on their first use after an install and caches the machine
         # code on disk (``cache=True``); that once-per-install cost is timed here, not in the rows
         first = run_child("apply", str(work), "1024", "blockwise", str(a.block_size))
-        print(f"first run after install (kernels compiled and cached on disk), 1024^2: "
+        print("first run after install (kernels compiled and cached on disk), 1024^2: "
               + (f"{first['seconds']:.2f} s" if "seconds" in first else first.get("error", "?")) + "\n")
         print("| classical apply | block-wise s | Mpx/s | next file in the same process: s, Mpx/s | peak RSS "
               "| whole-image s | Mpx/s | peak RSS | speed ratio "

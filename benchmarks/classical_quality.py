@@ -238,7 +238,7 @@ def _over_seeds(args: argparse.Namespace, methods: tuple[str, ...]) -> None:
                 row[m].append(value)
             print(f"seed {seed} {name:<11} " + "  ".join(f"{m} {row[m][-1]:.3f}" for m in methods), flush=True)
     others = methods[1:]
-    print(f"\n| set | reference | " + " | ".join(others) + " |")
+    print("\n| set | reference | " + " | ".join(others) + " |")
     print("| --- | --- | " + " | ".join("---" for _ in others) + " |")
     for name, row in scores.items():
         ref = np.asarray(row["reference"])

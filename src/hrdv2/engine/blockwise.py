@@ -30,8 +30,6 @@ many blocks as workers are in flight.
 from __future__ import annotations
 
 import os
-import tempfile
-from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -39,7 +37,7 @@ import numpy as np
 from hrdv2.blocks import DEFAULT_BLOCK_SIZE, Block, BlockPlan, LazyArray, plan_blocks
 from hrdv2.engine.core import FeatureEngine, check_finite_volume
 from hrdv2.engine.planes import (DiskPlanes, HeldPlanes, check_scratch, disk_planes_bytes, n_slices,
-                                 planes_fit_in_memory)
+                                 planes_fit_in_memory, scratch_folder)
 from hrdv2.engine.tiling import (DEFAULT_OVERLAP, DEFAULT_TILE, TileGrid, TileStore, blended_features, held_extent,
                                  tile_coverage)
 from hrdv2.errors import ConfigError, ResourceLimitError, ShapeError
@@ -135,8 +133,8 @@ class BlockFeatures:
                 self.planes_on_disk = not planes_fit_in_memory(spatial, channels, max_held_bytes)
                 self.scratch = scratch
                 if self.planes_on_disk:  # refuse up front what the scratch disk cannot take
-                    check_scratch(Path(scratch) if scratch is not None else Path(tempfile.gettempdir()),
-                                  disk_planes_bytes(spatial, channels, config.planes), spatial, channels, source.name)
+                    check_scratch(scratch_folder(scratch), disk_planes_bytes(spatial, channels, config.planes),
+                                  spatial, channels, source.name)
                 return
             self.halo3 = classical3d_halo(config.sigmas, config.filters, config.spacing)
             self.plan = plan_blocks(spatial, int(block_size), halo=self.halo3, alignment=1)

@@ -87,7 +87,7 @@ def _iso_rows(nz: int, dz: float, d_in: float) -> int:
     return max(MIN_SIDE, int(round(nz * dz / d_in)))
 
 
-def slice_features(volume01: Any, featurise: SliceFeatures, planes: str = "xyz",
+def iter_slice_features(volume01: Any, featurise: SliceFeatures, planes: str = "xyz",
                    spacing: tuple[float, float, float] = (1.0, 1.0, 1.0),
                    progress: Any = None) -> Iterator[tuple[int, int, np.ndarray]]:
     """Every slice's features, in Z rows: ``(axis, index, f)`` with axis 0 for xy slice ``z``
@@ -128,7 +128,7 @@ def plane_features(volume01: np.ndarray, featurise: SliceFeatures, planes: str =
     ``progress``: an optional tqdm-like object (``update(n)``), advanced once per slice.
     """
     out: np.ndarray | None = None
-    for axis, i, f in slice_features(volume01, featurise, planes, spacing, progress):
+    for axis, i, f in iter_slice_features(volume01, featurise, planes, spacing, progress):
         if out is None:
             out = np.empty(tuple(volume01.shape) + (f.shape[-1],), np.float32)
         if axis == 0:
@@ -145,8 +145,6 @@ def plane_features(volume01: np.ndarray, featurise: SliceFeatures, planes: str =
 
 class HeldPlanes:
     """Plane features held in memory (:func:`plane_features`), read by window like :class:`DiskPlanes`."""
-
-    on_disk = False
 
     def __init__(self, features: np.ndarray):
         self.features = features
@@ -197,15 +195,13 @@ class DiskPlanes:
     by :meth:`close`, when the object is collected, or at exit.
     """
 
-    on_disk = True
-
     def __init__(self, shape: tuple[int, int, int], channels: int, planes: str = "xyz",
                  directory: str | Path | None = None, name: str = "volume"):
         if planes not in ("xy", "xyz"):
             raise ConfigError(f"unknown planes {planes!r}; choose xy or xyz.")
         self.shape = tuple(int(v) for v in shape)
         self.channels, self.planes = int(channels), planes
-        parent = Path(directory) if directory is not None else Path(tempfile.gettempdir())
+        parent = scratch_folder(directory)
         check_scratch(parent, disk_planes_bytes(self.shape, self.channels, planes), self.shape, self.channels, name)
         self.folder = Path(tempfile.mkdtemp(prefix="hrdv2-planes-", dir=parent))
         fds: list[int] = []
@@ -224,7 +220,7 @@ class DiskPlanes:
         return 4 * self.channels * ((a * dims[0] + b) * dims[1] + c)
 
     def add(self, axis: int, index: int, f: np.ndarray) -> None:
-        """Store one slice's features (``axis``/``index``/``f`` as :func:`slice_features` yields)."""
+        """Store one slice's features (``axis``/``index``/``f`` as :func:`iter_slice_features` yields)."""
         z, y, x = self.shape
         f = np.asarray(f, dtype=np.float32)
         if axis == 0:  # xy slice z: one contiguous (Y, X, C) write
@@ -241,10 +237,10 @@ class DiskPlanes:
 
     def fill(self, volume01: Any, featurise: SliceFeatures, spacing: tuple[float, float, float] = (1.0, 1.0, 1.0),
              progress: Any = None) -> "DiskPlanes":
-        """Featurise every slice of ``volume01`` into the files (see :func:`slice_features`)."""
+        """Featurise every slice of ``volume01`` into the files (see :func:`iter_slice_features`)."""
         if tuple(volume01.shape) != self.shape:
             raise ShapeError(f"volume of shape {tuple(volume01.shape)} does not match the store's {self.shape}.")
-        for axis, i, f in slice_features(volume01, featurise, self.planes, spacing, progress):
+        for axis, i, f in iter_slice_features(volume01, featurise, self.planes, spacing, progress):
             if f.shape[-1] != self.channels:
                 raise ShapeError(f"slice features have {f.shape[-1]} channels, the store was made for {self.channels}.")
             self.add(axis, i, f)
@@ -276,6 +272,11 @@ class DiskPlanes:
 def disk_planes_bytes(shape: tuple[int, int, int], channels: int, planes: str = "xyz") -> int:
     """Scratch bytes :class:`DiskPlanes` writes: one (Z, Y, X, C) float32 file per sum it keeps."""
     return planes_bytes(shape, channels) * (2 if planes == "xyz" else 1)
+
+
+def scratch_folder(directory: str | os.PathLike | None) -> Path:
+    """Where plane-feature files go: ``directory``, or the system's temporary folder (``TMPDIR``)."""
+    return Path(directory) if directory is not None else Path(tempfile.gettempdir())
 
 
 def check_scratch(folder: Path, need: int, shape: tuple[int, int, int], channels: int, name: str) -> None:
