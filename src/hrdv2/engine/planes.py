@@ -196,7 +196,7 @@ class DiskPlanes:
     """
 
     def __init__(self, shape: tuple[int, int, int], channels: int, planes: str = "xyz",
-                 directory: str | Path | None = None, name: str = "volume"):
+                 directory: str | os.PathLike | None = None, name: str = "volume"):
         if planes not in ("xy", "xyz"):
             raise ConfigError(f"unknown planes {planes!r}; choose xy or xyz.")
         self.shape = tuple(int(v) for v in shape)
@@ -206,7 +206,6 @@ class DiskPlanes:
         self.folder = Path(tempfile.mkdtemp(prefix="hrdv2-planes-", dir=parent))
         fds: list[int] = []
         self._cleanup = weakref.finalize(self, _remove_store, fds, str(self.folder))
-        z, y, x = self.shape
         names = ("xy_xz", "yz") if planes == "xyz" else ("xy_xz",)
         self._fd: dict[str, int] = {}
         for which in names:
@@ -249,13 +248,12 @@ class DiskPlanes:
     def read(self, window: tuple[slice, slice, slice]) -> np.ndarray:
         """(z, y, x, C) float32 features of ``window`` (three slices with explicit bounds)."""
         (z0, z1), (y0, y1), (x0, x1) = ((w.indices(n)[0], w.indices(n)[1]) for w, n in zip(window, self.shape))
-        _, ny, nx = self.shape
+        nz, ny, nx = self.shape
         out = np.empty((z1 - z0, y1 - y0, x1 - x0, self.channels), np.float32)
         for k in range(z1 - z0):
             for j in range(y1 - y0):
                 _read_at(self._fd["xy_xz"], out[k, j], self._offset(z0 + k, y0 + j, x0, (ny, nx)))
         if self.planes == "xyz":
-            nz = self.shape[0]
             yz = np.empty((x1 - x0, z1 - z0, y1 - y0, self.channels), np.float32)
             for i in range(x1 - x0):
                 for k in range(z1 - z0):
