@@ -19,12 +19,12 @@ Then the forests that CV cannot tell apart from the best one (within ``ENSEMBLE_
 it, at most ``ENSEMBLE_K``, ties kept in candidate order) are averaged, and a single forest is
 used only when no other is that close; logistic regression replaces them only if it beats them
 by ``LOGISTIC_MARGIN``. Why average instead of picking: on the benchmark's sets CV ranked single
-candidates poorly (Spearman with the test ranking 0.64 on isbi2012, -0.45 on grabcut), and over 7
-sets x 5 seeds (benchmarks/classical_quality.py) averaging the close forests beat the earlier
-pick-one-unless-the-top-3-average-ties rule on 22 of 35 runs and lost 10 (mean test mIoU 0.608
-against 0.603); the delta keeps a clearly best family (the structure tensor on a texture boundary) from
-being diluted by forests that cannot see it. The ensemble is saved as one RandomForestClassifier
-(:func:`fit_ensemble`).
+candidates poorly (Spearman with the test ranking 0.64 on isbi2012, -0.45 on grabcut), and over
+its 7 sets x 5 seeds (``benchmarks/classical_quality.py --seeds 5``) averaging the close forests
+scored a mean mIoU of 0.607 against 0.600 for the earlier pick-one-unless-the-top-3-average-ties
+rule (docs/segmentation.md); the delta keeps a clearly best family (the structure tensor on a
+texture boundary) from being diluted by forests that cannot see it. The ensemble is saved as one
+RandomForestClassifier (:func:`fit_ensemble`).
 The intensity normalisation is not searched: the per-image stretch won on every grey set measured.
 """
 
