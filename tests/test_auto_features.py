@@ -193,3 +193,26 @@ def test_logistic_replaces_the_forests_only_by_its_margin(monkeypatch):
     monkeypatch.setattr(auto, "LOGISTIC_MARGIN", -1.0)  # any logistic score now beats them
     c = Segmenter("auto", auto_budget_s=120).fit([img], [scr]).auto_choice_
     assert c.classifier == "logistic" and c.label == "default" and c.cv_miou == logistic and not c.members
+
+
+def test_select_on_given_scores_keeps_close_forests_best_first():
+    """auto.select alone, on made-up runs: the rule without the cost of scoring candidates."""
+    yt = np.array([1, 1, 2, 2])
+
+    def run(label: str, classifier: str, score: float, right: int) -> auto.Run:
+        proba = np.zeros((4, 3), np.float32)  # columns: class ids 0, 1, 2; ``right`` pixels predicted correctly
+        for i, k in enumerate(yt):
+            proba[i, k if i < right else 3 - k] = 1.0
+        cl = "random_forest" if classifier != "logistic" else "logistic"
+        return score, Member(label, ("intensity",), (1.0,), classifier, cl), "auto", [[(yt, proba)]]
+
+    a, b = run("a", "random_forest", 0.90, 4), run("b", "subsampled_forest", 0.87, 4)
+    c = run("c", "random_forest", 0.80, 2)
+    chosen, cv = auto.select([c, a, b], 2)
+    assert chosen == [a, b] and cv == 1.0  # c is 0.10 behind; the average of a and b gets every pixel right
+    assert auto.select([c, a, run("lr", "logistic", 1.05, 4), b], 2)[0] == [a, b]  # not 0.1 above 1.0
+    lr = run("lr", "logistic", 1.11, 4)
+    assert auto.select([c, a, lr, b], 2) == ([lr], 1.11)
+    tie = run("t", "random_forest", 0.90, 4)
+    assert auto.select([tie, a], 2)[0] == [tie, a]  # a tie keeps run order
+    assert auto.select([a, tie], 2)[0] == [a, tie]

@@ -20,9 +20,9 @@ it, at most ``ENSEMBLE_K``, ties kept in candidate order) are averaged, and a si
 used only when no other is that close; logistic regression replaces them only if it beats them
 by ``LOGISTIC_MARGIN``. Why average instead of picking: on the benchmark's sets CV ranked single
 candidates poorly (Spearman with the test ranking 0.64 on isbi2012, -0.45 on grabcut), and over
-its 7 sets x 5 seeds (``benchmarks/classical_quality.py --seeds 5``) averaging the close forests
-scored a mean mIoU of 0.607 against 0.600 for the earlier pick-one-unless-the-top-3-average-ties
-rule (docs/segmentation.md); the delta keeps a clearly best family (the structure tensor on a
+its 7 sets x 5 seeds (``benchmarks/auto_rules.py``) averaging the close forests scored a mean
+test mIoU of 0.607, against 0.602 for the earlier pick-one-unless-the-top-3-average-ties rule and
+0.598 for the single best forest on the same candidates (docs/segmentation.md); the delta keeps a clearly best family (the structure tensor on a
 texture boundary) from being diluted by forests that cannot see it. The ensemble is saved as one
 RandomForestClassifier (:func:`fit_ensemble`).
 The intensity normalisation is not searched: the per-image stretch won on every grey set measured.
@@ -89,6 +89,10 @@ class Member:
     @property
     def key(self) -> str:
         return f"{self.label}/{self.classifier_label}"
+
+
+# one scored candidate: (CV mIoU, candidate, normalisation, its held-out probabilities per protocol and fold)
+Run = tuple[float, Member, str, list]
 
 
 @dataclass
@@ -261,9 +265,9 @@ def _ensemble_score(preds: list[list[list[tuple[np.ndarray, np.ndarray]]]], n_cl
 def choose(images: Sequence[np.ndarray], scribbles: Sequence[np.ndarray], featurise: Callable,
            *, budget_s: float = DEFAULT_BUDGET_S, normalisations: Sequence[str] | None = None,
            random_state: int = 0, progress: Progress = None, max_samples: int = 20_000) -> tuple[AutoChoice, dict]:
-    """Run the candidates, then the ensemble of the best forests; return the choice and, per
-    normalisation, the union feature maps (``featurise(image, filters, sigmas, normalise)`` ->
-    (H, W, F)) so the final fit reuses them. ``max_samples``: the final fit's pixel cap."""
+    """Run the candidates, then :func:`select`; return the choice and, per normalisation, the union
+    feature maps (``featurise(image, filters, sigmas, normalise)`` -> (H, W, F)) so the final fit
+    reuses them, and the scored runs. ``max_samples``: the final fit's pixel cap."""
     t0 = time.perf_counter()
     scribbles = [np.asarray(s) for s in scribbles]
     n_classes = int(max(int(s.max()) for s in scribbles))
@@ -283,7 +287,7 @@ def choose(images: Sequence[np.ndarray], scribbles: Sequence[np.ndarray], featur
     protocols_px = [[[r[s > 0] for r, s in zip(fold, scribbles)] for fold in roles] for roles in protocols]
     maps: dict[str, list[np.ndarray]] = {}
     plan = [(n, m) for n in normalisations for m in candidates()]
-    runs: list[tuple[float, Member, str, list]] = []  # (CV score, candidate, normalise, CV probabilities), run order
+    runs: list[Run] = []  # in run order
     scores: dict[str, float] = {}
     skipped = 0
     for step, (norm, cand) in enumerate(plan):
@@ -301,40 +305,45 @@ def choose(images: Sequence[np.ndarray], scribbles: Sequence[np.ndarray], featur
         runs.append((score, cand, norm, preds))
         if progress:
             progress(step + 1, len(plan))
-    scored = [r for r in runs if np.isfinite(r[0])]
-    if not scored:
+    if not any(np.isfinite(r[0]) for r in runs):
         raise HRDv2Error("auto features: no candidate could be scored (each fold needs training strokes of two "
                          "classes and a held-out stroke); paint at least two strokes of two classes.")
+    chosen, cv = select(runs, n_classes)
+    _, cand, norm, _ = chosen[0]
+    choice = AutoChoice(label=cand.label, filters=cand.filters, sigmas=cand.sigmas, classifier=cand.classifier,
+                        normalise=norm, cv_miou=cv, folds=folds, scores=scores, skipped=skipped,
+                        classifier_label=cand.classifier_label, classifier_params=dict(cand.params))
+    if len(chosen) > 1:
+        members = tuple(r[1] for r in chosen)
+        scores["ensemble(" + "|".join(m.key for m in members) + ")"] = cv
+        choice = AutoChoice(label="ensemble", filters=resolve_filters(",".join(f for m in members for f in m.filters)),
+                            sigmas=max((m.sigmas for m in members), key=len), classifier="random_forest",
+                            normalise=norm, cv_miou=cv, folds=folds, scores=scores, skipped=skipped,
+                            classifier_label="ensemble", members=members)
+    choice.seconds = time.perf_counter() - t0
+    return choice, {"maps": maps, "index": index, "runs": runs}
 
-    def single(run: tuple[float, Member, str, list]) -> AutoChoice:
-        score, cand, norm, _ = run
-        return AutoChoice(label=cand.label, filters=cand.filters, sigmas=cand.sigmas, classifier=cand.classifier,
-                          normalise=norm, cv_miou=score, folds=folds, scores=scores, skipped=skipped,
-                          classifier_label=cand.classifier_label, classifier_params=dict(cand.params))
 
+def select(runs: Sequence[Run], n_classes: int) -> tuple[list[Run], float]:
+    """The chosen runs (one, or the forests to average) and their CV mIoU: every forest within
+    ``ENSEMBLE_DELTA`` of the best forest, at most ``ENSEMBLE_K``, best first (``sorted`` is
+    stable: ties keep candidate order), unless another classifier beats them by ``LOGISTIC_MARGIN``.
+    Kept apart from :func:`choose` so the benchmark can compare rules on the same runs."""
+    scored = [r for r in runs if np.isfinite(r[0])]
     forests = [r for r in scored if r[1].classifier == "random_forest"]
     others = [r for r in scored if r[1].classifier != "random_forest"]
-    choice = None
-    if forests:  # the forests CV cannot tell from the best (sorted() is stable: ties keep candidate order)
+    chosen: list[Run] = []
+    cv = -np.inf
+    if forests:
         lead = max(forests, key=lambda r: r[0])
-        close = sorted((r for r in forests if r[2] == lead[2] and r[0] >= lead[0] - ENSEMBLE_DELTA),
-                       key=lambda r: -r[0])[:ENSEMBLE_K]
-        choice = single(close[0])
-        if len(close) >= 2:
-            members = tuple(r[1] for r in close)
-            ens = _ensemble_score([r[3] for r in close], n_classes)
-            scores["ensemble(" + "|".join(m.key for m in members) + ")"] = ens
-            union_filters = resolve_filters(",".join(f for m in members for f in m.filters))
-            choice = AutoChoice(label="ensemble", filters=union_filters,
-                                sigmas=max((m.sigmas for m in members), key=len), classifier="random_forest",
-                                normalise=lead[2], cv_miou=ens, folds=folds, scores=scores, skipped=skipped,
-                                classifier_label="ensemble", members=members)
+        chosen = sorted((r for r in forests if r[2] == lead[2] and r[0] >= lead[0] - ENSEMBLE_DELTA),
+                        key=lambda r: -r[0])[:ENSEMBLE_K]
+        cv = chosen[0][0] if len(chosen) == 1 else _ensemble_score([r[3] for r in chosen], n_classes)
     if others:
         rival = max(others, key=lambda r: r[0])
-        if choice is None or rival[0] > choice.cv_miou + LOGISTIC_MARGIN:
-            choice = single(rival)
-    choice.seconds = time.perf_counter() - t0
-    return choice, {"maps": maps, "index": index}
+        if not chosen or rival[0] > cv + LOGISTIC_MARGIN:
+            chosen, cv = [rival], rival[0]
+    return chosen, float(cv)
 
 
 # --------------------------------------------------------------------------- the ensemble model
