@@ -84,15 +84,14 @@ def collect(s: dict, seed: int) -> dict:
     images = [im for im, _ in s["train"]]
     scribbles = [np.asarray(sc) for _, sc in s["train"]]
     n_cls = max(int(max(sc.max() for sc in scribbles)), int(max(g.max() for _, _, g in s["test"])))
-    engine_of = {}
+    engines: list[Segmenter] = []  # the union-map featuriser choose used, kept for the test images
 
     def featurise(image, filters, sigmas, normalise):
-        cfg = FeatureConfig(filters=filters, sigmas=sigmas, normalise=normalise)
-        engine_of["engine"] = Segmenter(cfg)
-        return engine_of["engine"].featurise(image)
+        engines.append(Segmenter(FeatureConfig(filters=filters, sigmas=sigmas, normalise=normalise)))
+        return engines[-1].featurise(image)
 
     _, found = auto.choose(images, scribbles, featurise, budget_s=math.inf, random_state=seed)
-    engine = engine_of["engine"]
+    engine = engines[-1]
     n_ch = 1 if images[0].ndim == 2 else images[0].shape[-1]
     maps = found["maps"]["auto"]
     picks = balanced_sample(scribbles, 20_000, seed)

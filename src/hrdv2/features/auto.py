@@ -310,10 +310,11 @@ def choose(images: Sequence[np.ndarray], scribbles: Sequence[np.ndarray], featur
                          "classes and a held-out stroke); paint at least two strokes of two classes.")
     chosen, cv = select(runs, n_classes)
     _, cand, norm, _ = chosen[0]
-    choice = AutoChoice(label=cand.label, filters=cand.filters, sigmas=cand.sigmas, classifier=cand.classifier,
-                        normalise=norm, cv_miou=cv, folds=folds, scores=scores, skipped=skipped,
-                        classifier_label=cand.classifier_label, classifier_params=dict(cand.params))
-    if len(chosen) > 1:
+    if len(chosen) == 1:
+        choice = AutoChoice(label=cand.label, filters=cand.filters, sigmas=cand.sigmas, classifier=cand.classifier,
+                            normalise=norm, cv_miou=cv, folds=folds, scores=scores, skipped=skipped,
+                            classifier_label=cand.classifier_label, classifier_params=dict(cand.params))
+    else:
         members = tuple(r[1] for r in chosen)
         scores["ensemble(" + "|".join(m.key for m in members) + ")"] = cv
         choice = AutoChoice(label="ensemble", filters=resolve_filters(",".join(f for m in members for f in m.filters)),
