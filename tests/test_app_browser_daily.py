@@ -270,3 +270,31 @@ def test_delete_image_keeps_others_and_a_loaded_model_predicts_without_training(
     assert page.evaluate("document.querySelector('#clickmask').dataset.area") == "0"
     assert errors == [], errors
     page.close()
+
+
+def test_job_rows_and_messages_do_not_move_the_image(server, browser):
+    """The top bar has a fixed height, so a point measured before a job row or a message comes or
+    goes is still the same image pixel after (a job row leaving 800 ms after its job ended once
+    moved the image 4 px between a test's measuring and its click)."""
+    page, errors = _open(browser, server)
+
+    def viewport_top() -> float:
+        return page.evaluate("document.querySelector('#viewport').getBoundingClientRect().top")
+
+    before = viewport_top()
+    page.evaluate("""() => {
+        for (let i = 0; i < 4; i++) {
+          const row = document.createElement('div');
+          row.className = 'job';
+          row.innerHTML = `<span class="job-label">job ${i}</span><progress max="1" value="0.5"></progress>`;
+          document.querySelector('#jobs').append(row);
+        }
+        document.querySelector('#message').textContent = 'a long message '.repeat(60);
+      }""")
+    assert viewport_top() == before
+    # every row is still reachable: the job list scrolls inside the bar
+    assert page.evaluate("(j => j.scrollHeight > j.clientHeight)(document.querySelector('#jobs'))")
+    page.evaluate("document.querySelectorAll('#jobs .job').forEach(r => r.remove())")
+    assert viewport_top() == before
+    assert not errors
+    page.close()

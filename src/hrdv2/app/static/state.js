@@ -48,6 +48,7 @@ export async function track(job, label) {
   row.querySelector(".job-label").textContent = label;
   row.querySelector(".job-cancel").onclick = () => api.post(`/api/jobs/${job.id}/cancel`).catch(fail);
   $("#jobs").append(row);
+  row.scrollIntoView({ block: "nearest" });  // the bar has a fixed height: show the newest job
   const final = await api.watchJob(job, (j) => {
     const bar = row.querySelector("progress");
     bar.value = j.total > 0 ? j.done / j.total : 0;
