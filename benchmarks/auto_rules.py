@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import argparse
 import math
-from contextlib import contextmanager
+from unittest import mock
 
 import numpy as np
 from classical_quality import DATA, _reference, build_sets
@@ -31,19 +31,6 @@ from hrdv2.metrics.segmentation import confusion_matrix, mean_iou
 from hrdv2.segmentation import Segmenter
 from hrdv2.segmentation.sampling import balanced_sample
 from hrdv2.segmentation.segmenter import make_classifier
-
-
-@contextmanager
-def _constants(**values):
-    """Temporarily set auto's selection constants (the rule variants)."""
-    old = {k: getattr(auto, k) for k in values}
-    for k, v in values.items():
-        setattr(auto, k, v)
-    try:
-        yield
-    finally:
-        for k, v in old.items():
-            setattr(auto, k, v)
 
 
 def previous_rule(runs: list, n_classes: int) -> list:
@@ -75,7 +62,8 @@ RULES = {
 
 
 def _with(runs: list, n: int, **constants) -> list:
-    with _constants(**constants):
+    """``auto.select`` with some of its constants changed (the rule variants)."""
+    with mock.patch.multiple(auto, **constants):
         return auto.select(runs, n)[0]
 
 
@@ -94,10 +82,11 @@ def collect(s: dict, seed: int) -> dict:
     engine = engines[-1]
     n_ch = 1 if images[0].ndim == 2 else images[0].shape[-1]
     maps = found["maps"]["auto"]
-    picks = balanced_sample(scribbles, 20_000, seed)
+    picks = balanced_sample(scribbles, Segmenter().max_samples, seed)  # the final fit's pixels
     x = np.concatenate([m.reshape(-1, m.shape[-1])[rows] for m, (rows, _) in zip(maps, picks)])
     y = np.concatenate([lab for _, lab in picks])
     tests = [(engine.featurise(im), gt) for _, im, gt in s["test"]]
+
     def test_probs(model, cols) -> list[np.ndarray]:
         out = []
         for f, gt in tests:
@@ -121,7 +110,7 @@ def collect(s: dict, seed: int) -> dict:
             "n_cls": n_cls, "n_classes": n_classes, "ref": _reference(s, n_cls, seed)[0]}
 
 
-def test_miou(data: dict, chosen: list) -> float:
+def rule_miou(data: dict, chosen: list) -> float:
     """A single choice is scored as the model Segmenter fits for it; an ensemble as its members' average."""
     cms = []
     for i, gt in enumerate(data["gts"]):
@@ -144,7 +133,7 @@ def main() -> None:
             row = results.setdefault(name, {r: [] for r in RULES})
             cells = []
             for rule, pick in RULES.items():
-                value = test_miou(data, pick(data["runs"], data["n_classes"]))
+                value = rule_miou(data, pick(data["runs"], data["n_classes"]))
                 row[rule].append((value, data["ref"]))
                 cells.append(f"{value:.3f}")
             print(f"seed {seed} {name:<11} reference {data['ref']:.3f}  " + "  ".join(cells), flush=True)
