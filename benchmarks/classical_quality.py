@@ -2,6 +2,10 @@
 `auto`, and the scikit-image reference, measured in one run on identical splits and scribbles.
 
 Per set: train on (up to) 2 images, score mIoU on (up to) 6 others, summed confusion matrix.
+``grabcut-per-image`` is the interactive use instead: one model per image, trained on scribbles
+simulated on that image and scored on its own ground truth (all 10 images, confusion matrices
+summed over them); GrabCut's foreground is a different object in every photo, so its cross-image
+split (``grabcut``) asks for something no scribble on other photos can teach.
 Where a set has only dense ground truth, scribbles are simulated from it with
 ``simulate_scribbles(gt, seed=i, strokes_per_class=3, radius=2, max_fraction=0.01)`` (i = index of
 the training image), the same for every method. The reference is the scikit-image tutorial
@@ -78,10 +82,47 @@ def build_sets(data: Path, seed: int = 0) -> dict[str, dict]:
                       "note": "real scribbles, same image's GT"}
     simulated("horse", data / "horse", "horse*.png")
     simulated("grabcut", data / "grabcut", "*.png")
+    gc = data / "grabcut"
+    own = [_pair(gc, stem, "gt") for stem in _stems(gc, "*.png", "gt")]
+    sets["grabcut-per-image"] = {
+        "rounds": [{"train": [(im, simulate_scribbles(gt, seed=10 * seed + i, **SIM))], "test": [(stem, im, gt)]}
+                   for i, (stem, (im, gt)) in enumerate(zip(_stems(gc, "*.png", "gt"), own))],
+        "note": "10 x 1 / same image, simulated scribbles"}
     return sets
 
 
+def rounds(s: dict) -> list[dict]:
+    """The (train, test) splits of a set: one, or one per image for a per-image set."""
+    return s.get("rounds", [s])
+
+
+def n_classes(s: dict) -> int:
+    """The largest class id in any split's scribbles or ground truth."""
+    return max(max(int(max(sc.max() for _, sc in r["train"])), int(max(g.max() for _, _, g in r["test"])))
+               for r in rounds(s))
+
+
+def score(s: dict, n_cls: int, method: str, budget: float = 20.0, seed: int = 0) -> tuple[float, list[float], str]:
+    """(mIoU of the confusion matrices summed over every test image of every split, per-image
+    mIoUs, auto's choice or '') of one method on one set."""
+    cms, notes = [], []
+    for r in rounds(s):
+        if method == "reference":
+            cms += _reference_cms(r, n_cls, seed)
+        else:
+            found, note = _hrdv2_cms(r, n_cls, method, budget, seed)
+            cms += found
+            notes.append(note)
+    note = notes[0] if len(notes) == 1 else (f"{len(notes)} models, one per image" if any(notes) else "")
+    return mean_iou(sum(cms)), [mean_iou(c) for c in cms], note
+
+
 def _reference(s: dict, n_cls: int, seed: int = 0) -> tuple[float, list[float]]:
+    """The reference's mIoU on a set and per test image."""
+    return score(s, n_cls, "reference", seed=seed)[:2]
+
+
+def _reference_cms(s: dict, n_cls: int, seed: int = 0) -> list[np.ndarray]:
     from skimage.feature import multiscale_basic_features
     from sklearn.ensemble import RandomForestClassifier
 
@@ -95,10 +136,10 @@ def _reference(s: dict, n_cls: int, seed: int = 0) -> tuple[float, list[float]]:
     for _, im, gt in s["test"]:
         f = feats(im)
         cms.append(confusion_matrix(clf.predict(f.reshape(-1, f.shape[-1])).reshape(gt.shape), gt, n_cls))
-    return mean_iou(sum(cms)), [mean_iou(c) for c in cms]
+    return cms
 
 
-def _hrdv2(s: dict, n_cls: int, method: str, budget: float, seed: int = 0) -> tuple[float, list[float], str]:
+def _hrdv2_cms(s: dict, n_cls: int, method: str, budget: float, seed: int = 0) -> tuple[list[np.ndarray], str]:
     if method == "auto":
         seg = Segmenter("auto", auto_budget_s=budget, random_state=seed)
     else:
@@ -106,8 +147,7 @@ def _hrdv2(s: dict, n_cls: int, method: str, budget: float, seed: int = 0) -> tu
         seg = Segmenter(FeatureConfig(filters=filters, normalise=norm or "auto"), random_state=seed)
     seg.fit([im for im, _ in s["train"]], [sc for _, sc in s["train"]])
     cms = [confusion_matrix(seg.predict(im), gt, n_cls) for _, im, gt in s["test"]]
-    note = seg.auto_choice_.summary() if method == "auto" else ""
-    return mean_iou(sum(cms)), [mean_iou(c) for c in cms], note
+    return cms, seg.auto_choice_.summary() if method == "auto" else ""
 
 
 def _ranking(s: dict, n_cls: int, budget: float) -> list[tuple[str, float, float]]:
@@ -123,7 +163,7 @@ def _ranking(s: dict, n_cls: int, budget: float) -> list[tuple[str, float, float
     cands = {m.key: m for m in candidates()}
     union = resolve_filters(",".join(f for m in cands.values() for f in m.filters))
     sig = max((m.sigmas for m in cands.values()), key=len)
-    engine = Segmenter(FeatureConfig(filters=union, sigmas=sig))
+    engine = Segmenter(FeatureConfig(filters=union, sigmas=sig, normalise=seg.auto_choice_.normalise))
     n_ch = 1 if s["train"][0][0].ndim == 2 else s["train"][0][0].shape[-1]
     index = {n: j for j, n in enumerate(feature_names(n_ch, sig, union))}
     picks = balanced_sample([sc for _, sc in s["train"]], seg.max_samples, 0)
@@ -178,8 +218,10 @@ def main() -> None:
         from scipy.stats import spearmanr
 
         for name, s in sets.items():
-            n_cls = max(int(max(sc.max() for _, sc in s["train"])), int(max(g.max() for _, _, g in s["test"])))
-            rows = _ranking(s, n_cls, args.budget)
+            if "rounds" in s:
+                print(f"{name}: skipped (--ranking compares candidates on one training split)", flush=True)
+                continue
+            rows = _ranking(s, n_classes(s), args.budget)
             rho = spearmanr([r[1] for r in rows], [r[2] for r in rows]).statistic
             best_cv, best_test = max(rows, key=lambda r: r[1]), max(rows, key=lambda r: r[2])
             print(f"{name}: Spearman(CV, test) {rho:.2f} over {len(rows)} candidates; best by CV {best_cv[0]} "
@@ -189,16 +231,13 @@ def main() -> None:
         return
     results = {}
     for name, s in sets.items():
-        n_cls = max(int(max(sc.max() for _, sc in s["train"])), int(max(g.max() for _, _, g in s["test"])))
+        n_cls = n_classes(s)
         row: dict = {"note": s["note"], "tuned": name in TUNED, "per_image": {}, "seconds": {}}
         for m in METHODS:
             t = time.perf_counter()
-            if m == "reference":
-                row[m], per = _reference(s, n_cls)
-            else:
-                row[m], per, note = _hrdv2(s, n_cls, m, args.budget)
-                if note:
-                    row["auto_choice"] = note
+            row[m], per, note = score(s, n_cls, m, args.budget)
+            if note:
+                row["auto_choice"] = note
             row["seconds"][m] = round(time.perf_counter() - t, 1)
             row["per_image"][m] = [round(v, 3) for v in per]
         results[name] = row
@@ -231,11 +270,10 @@ def _over_seeds(args: argparse.Namespace, methods: tuple[str, ...]) -> None:
         for name, s in sets.items():
             if args.sets and name not in args.sets.split(","):
                 continue
-            n_cls = max(int(max(sc.max() for _, sc in s["train"])), int(max(g.max() for _, _, g in s["test"])))
+            n_cls = n_classes(s)
             row = scores.setdefault(name, {m: [] for m in methods})
             for m in methods:
-                value = _reference(s, n_cls, seed)[0] if m == "reference" else _hrdv2(s, n_cls, m, args.budget, seed)[0]
-                row[m].append(value)
+                row[m].append(score(s, n_cls, m, args.budget, seed)[0])
             print(f"seed {seed} {name:<11} " + "  ".join(f"{m} {row[m][-1]:.3f}" for m in methods), flush=True)
     others = methods[1:]
     print("\n| set | reference | " + " | ".join(others) + " |")

@@ -98,6 +98,29 @@ def test_budget_stops_after_the_first_candidate_and_model_round_trips(tmp_path):
         Segmenter("auto").fit([img], [scr], [np.zeros(img.shape + (3,), np.float32)])
 
 
+def test_auto_featurises_colour_in_lab_unless_told_otherwise(tmp_path):
+    """A colour image's ``auto`` normalisation means CIE Lab for auto (measured better on both RGB
+    sets); an explicit normalisation is kept; grey images keep the percentile stretch."""
+    from hrdv2.cli.main import cli
+
+    img, scr, _ = _texture_pair(96, seed=3)
+    rgb = np.stack([img, img[:, ::-1], 0.5 * img], -1)
+    seg = Segmenter("auto", auto_budget_s=0).fit([rgb], [scr])
+    assert seg.auto_choice_.normalise == "lab" and seg.features.normalise == "lab"
+    assert "normalise lab" in seg.auto_choice_.summary()
+    np.testing.assert_array_equal(Segmenter.load(seg.save(tmp_path / "m.skops")).predict(rgb), seg.predict(rgb))
+    told = Segmenter("auto", auto_budget_s=0)
+    told.features = told.features.replace(normalise="none")
+    assert told.fit([rgb], [scr]).auto_choice_.normalise == "none"
+    assert Segmenter("auto", auto_budget_s=0).fit([img], [scr]).auto_choice_.normalise == "auto"
+    write_image(tmp_path / "grey.png", (img * 255).astype(np.uint8))
+    write_image(tmp_path / "s.png", scr)
+    res = CliRunner().invoke(cli, ["train", "--normalise", "lab", "--image", str(tmp_path / "grey.png"), "--scribble",
+                                   str(tmp_path / "s.png"), "--out", str(tmp_path / "n.skops")])
+    assert res.exit_code != 0 and "grey.png has 1 channel" in res.output and "normalise 'auto'" in res.output
+    assert not (tmp_path / "n.skops").exists()
+
+
 def test_cli_train_auto_reports_choice_and_score(tmp_path):
     from hrdv2.cli.main import cli
 

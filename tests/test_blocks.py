@@ -84,6 +84,10 @@ def test_blockwise_classical_colour_and_16_bit(shared_data: Path) -> None:
     np.testing.assert_allclose(
         blockwise_classical_features(colour, 32, cfg.sigmas, cfg.filters), compute_features(colour, cfg), atol=1e-5, rtol=0
     )
+    lab = FeatureConfig(kind="classical", normalise="lab")  # a per-pixel colour conversion: block = whole
+    for image in (colour, colour.astype(np.uint16) * 200 + 7):
+        np.testing.assert_allclose(blockwise_classical_features(image, 32, lab.sigmas, lab.filters, normalise="lab"),
+                                   compute_features(image, lab), atol=1e-5, rtol=0)
     grey16 = (read_image(shared_data / "superalloy" / "isb_0.png")[:80, :70].astype(np.uint16) * 200 + 7)
     for mode in ("none", "percentile"):
         cfg = FeatureConfig(kind="classical", normalise=mode)

@@ -85,6 +85,29 @@ def test_auto_normalisation_stretches_grey_but_keeps_colour(rng):
         FeatureConfig(normalise="zscore")
 
 
+def test_lab_normalisation_gives_cie_lab_scaled_to_unit_range(rng):
+    """``lab``: sRGB to CIE Lab (D65), L / 100 and (a, b + 128) / 255. Known answers: white is
+    L 100 with a = b = 0; black L 0; sRGB red is L 53.24, a 80.09, b 67.20 (the standard values);
+    a grey pixel has no colour (a = b = 0) at any lightness. Grey images and deep features refuse it."""
+    im = np.array([[[255, 255, 255], [0, 0, 0], [255, 0, 0], [90, 90, 90]]], np.uint8)
+    lab = normalise_image(im, "lab")
+    assert lab.dtype == np.float32 and lab.shape == im.shape
+    scaled = lambda L, a, b: [L / 100, (a + 128) / 255, (b + 128) / 255]  # noqa: E731
+    np.testing.assert_allclose(lab[0, :3], [scaled(100, 0, 0), scaled(0, 0, 0), scaled(53.24, 80.09, 67.20)], atol=2e-4)
+    np.testing.assert_allclose(lab[0, 3, 1:], [128 / 255, 128 / 255], atol=1e-4)
+    assert 0.3 < lab[0, 3, 0] < 0.45  # sRGB 90 is L ~37.8: lightness follows the gamma curve, not 90/255
+    rgb16 = im.astype(np.uint16) * 257  # other dtypes: min-max to [0, 1] first, as 'none'
+    np.testing.assert_allclose(normalise_image(rgb16, "lab"), lab, atol=1e-5)
+    with pytest.raises(ConfigError, match="1 channel.*normalise 'auto'"):
+        normalise_image(im[..., 0], "lab")
+    with pytest.raises(ConfigError, match="classical features"):
+        FeatureConfig(kind="hybrid", normalise="lab")
+    assert FeatureConfig(normalise="lab").key() != FeatureConfig().key()
+    colour = rng.integers(0, 255, (24, 24, 3), dtype=np.uint8)
+    feats = compute_features(colour, FeatureConfig(sigmas=(1,), filters=("intensity",), normalise="lab"))
+    np.testing.assert_allclose(feats, normalise_image(colour, "lab"), atol=1e-6)  # the filters see Lab
+
+
 def test_standardise():
     x = np.random.default_rng(0).normal(3, 2, (10, 10, 4)).astype(np.float32)
     z, m, s = standardise(x)

@@ -37,8 +37,10 @@ def _floats(text: str) -> tuple[float, ...]:
 @click.option("--sigmas", default="1,2,4,8,16", show_default=True, help="Classical filter scales (px).")
 @click.option("--filters", default="default", show_default=True,
               help="Classical filters: 'default', 'weka', 'all', or comma-separated names (see docs/segmentation.md).")
-@click.option("--normalise", type=click.Choice(["auto", "percentile", "none"]), default="auto", show_default=True,
-              help="Intensity rescaling before featurising (auto: percentile stretch for grey, none for colour).")
+@click.option("--normalise", type=click.Choice(["auto", "percentile", "none", "lab"]), default="auto",
+              show_default=True,
+              help="Intensity rescaling before featurising (auto: percentile stretch for grey, none for colour, "
+                   "CIE Lab for colour with --features auto; lab: colour as CIE Lab, classical features only).")
 @click.option("--backbone", default="dinov2_vits14", show_default=True)
 @click.option("--weights", default=None, help="Backbone weights file (.pth), or 'random' (untrained, testing only).")
 @click.option("--stride", type=int, default=None, help="ViT patch stride (default: patch size).")
@@ -84,7 +86,7 @@ def train(images, scribbles, kind, classifier, sigmas, filters, normalise, backb
           preset=None, dry_run=False, planes="xy") -> None:
     """Train a segmenter on image + scribble pairs (multi-page TIFF stacks with label stacks too:
     pages without labels are skipped)."""
-    from hrdv2.features.sets import FeatureConfig, estimate_feature_bytes
+    from hrdv2.features.sets import FeatureConfig, check_lab_channels, estimate_feature_bytes
     from hrdv2.io import require_memory
     from hrdv2.segmentation import Segmenter
 
@@ -128,6 +130,12 @@ def train(images, scribbles, kind, classifier, sigmas, filters, normalise, backb
     if volume:
         _train_volume(seg, images, scribbles, out)
         return
+    if normalise == "lab":
+        from hrdv2.blocks.readers import open_array
+
+        for path in images:
+            with open_array(path) as lazy:  # the header only: the pixels are read once, below
+                check_lab_channels(lazy.channels if lazy.has_channels else 1, str(path))
     imgs, scrs, pair_names = read_training_pairs(images, scribbles)
     for im, name in zip(imgs, pair_names):
         require_memory(estimate_feature_bytes(seg.compute_config, im.shape), f"featurising {name}")

@@ -15,7 +15,7 @@ Only 2D images (grey or colour) are featurised here; the block machinery itself 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Sequence
 
 import numpy as np
@@ -28,7 +28,7 @@ from hrdv2.errors import ConfigError, ShapeError
 from hrdv2.features.classical import (
     DEFAULT_FILTERS, DEFAULT_SIGMAS, classical_alignment, classical_features, classical_halo, feature_names,
 )
-from hrdv2.features.sets import NORMALISE, PERCENTILES
+from hrdv2.features.sets import NORMALISE, PERCENTILES, check_lab_channels, rgb_to_lab01
 
 SUBSAMPLE = 262144  # normalise_image's percentile subsample: every (N // SUBSAMPLE)-th pixel
 _SCAN_BLOCK = 1024  # block side of the statistics pass (memory only; results do not depend on it)
@@ -40,11 +40,13 @@ class Normalisation:
     """Whole-image statistics that map any block to [0, 1] as ``normalise_image`` maps the image.
 
     ``mode``: ``percentile`` (per-channel ``lo``/``hi``, float64 as numpy returns them),
-    ``uint8`` (divide by 255) or ``minmax`` (one global ``lo``/``hi``, as ``to_float01``)."""
+    ``uint8`` (divide by 255) or ``minmax`` (one global ``lo``/``hi``, as ``to_float01``);
+    ``lab``: after that, convert RGB to CIE Lab (normalise 'lab')."""
 
     mode: str
     lo: Any = None
     hi: Any = None
+    lab: bool = False
 
 
 def _blocks(array: LazyArray) -> BlockPlan:
@@ -86,18 +88,23 @@ def image_normalisation(array: LazyArray | np.ndarray, mode: str = "auto") -> No
     if mode == "percentile":
         lo, hi = image_percentiles(array)
         return Normalisation("percentile", lo, hi)
+    lab = mode == "lab"
+    if lab:
+        check_lab_channels(array.channels if array.has_channels else 1)
     if array.dtype == np.uint8:
-        return Normalisation("uint8")
+        return Normalisation("uint8", lab=lab)
     lo, hi = np.inf, -np.inf
     for block in _blocks(array):
         data = array[block.write].astype(np.float32)
         if data.size:
             lo, hi = min(lo, float(data.min())), max(hi, float(data.max()))
-    return Normalisation("minmax", lo, hi)
+    return Normalisation("minmax", lo, hi, lab=lab)
 
 
 def normalise_block(data: np.ndarray, norm: Normalisation) -> np.ndarray:
     """float32 block in [0, 1], value for value what ``normalise_image`` gives the whole image."""
+    if norm.lab:
+        return rgb_to_lab01(normalise_block(data, replace(norm, lab=False)))
     if norm.mode == "uint8":
         return data.astype(np.float32) / 255.0
     if norm.mode == "minmax":

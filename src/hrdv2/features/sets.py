@@ -25,7 +25,7 @@ from hrdv2.features.classical import (
 )
 
 KINDS = ("classical", "deep", "hybrid")
-NORMALISE = ("auto", "percentile", "none")
+NORMALISE = ("auto", "percentile", "none", "lab")
 PERCENTILES = (0.5, 99.5)
 Progress = Callable[[int, int], None] | None
 
@@ -89,6 +89,9 @@ class FeatureConfig:
         object.__setattr__(self, "shifts", tuple(int(s) for s in self.shifts))
         if self.normalise not in NORMALISE:
             raise ConfigError(f"normalise must be one of {list(NORMALISE)}, got {self.normalise!r}.")
+        if self.normalise == "lab" and self.uses_deep:
+            raise ConfigError(f"normalise 'lab' (CIE Lab colour) is for classical features; {self.kind} features feed "
+                              "the ViT the RGB image it was trained on: use normalise 'auto'.")
         if self.facet not in FACETS:
             raise ConfigError(f"unknown facet {self.facet!r}; choose one of {', '.join(FACETS)}.")
         if self.attention not in ATTENTION_SIGNALS:
@@ -196,12 +199,17 @@ def normalise_image(image: np.ndarray, mode: str = "auto") -> np.ndarray:
     min-max rescaled (``hrdv2.io.to_float01``). ``auto`` (default): ``percentile`` for grey images,
     ``none`` for colour ones, whose hue a per-channel stretch would shift (random-forest mIoU on
     the held-out horse photos: 0.46 unstretched, 0.39 stretched; on the held-out superalloy
-    micrographs the stretch wins, 0.38 against 0.26).
+    micrographs the stretch wins, 0.38 against 0.26). ``lab``: an RGB image as ``none``, then
+    converted to CIE Lab (:func:`rgb_to_lab01`), so lightness and the two colour axes are separate
+    channels a forest can split on (``auto`` features use it for colour images: docs/segmentation.md).
     """
     from hrdv2.io import to_float01
 
     if mode == "auto":
         mode = "percentile" if image.ndim == 2 or image.shape[-1] == 1 else "none"
+    if mode == "lab":
+        check_lab_channels(1 if image.ndim == 2 else image.shape[-1])
+        return rgb_to_lab01(to_float01(image))
     if mode == "none":
         return to_float01(image)
     x = image.astype(np.float32)
@@ -212,6 +220,26 @@ def normalise_image(image: np.ndarray, mode: str = "auto") -> np.ndarray:
     span = np.where(hi > lo, hi - lo, 1.0).astype(np.float32)
     out = np.clip((chans - lo.astype(np.float32)) / span, 0.0, 1.0)
     return out[..., 0] if x.ndim == 2 else out
+
+
+def check_lab_channels(channels: int, name: str = "the image") -> None:
+    """normalise 'lab' converts RGB colour: refuse anything else with the fix."""
+    if channels != 3:
+        raise ConfigError(f"normalise 'lab' converts RGB colour to CIE Lab, but {name} has {channels} channel(s); "
+                          "use normalise 'auto' (grey images get the per-image percentile stretch).")
+
+
+def rgb_to_lab01(rgb: np.ndarray) -> np.ndarray:
+    """float32 (..., 3) CIE Lab (D65) of an sRGB image in [0, 1], scaled to [0, 1] like every other
+    normalised image: L / 100, (a + 128) / 255, (b + 128) / 255 (sRGB's gamut spans a in -86..98,
+    b in -108..95). Pixel by pixel, so a block converts exactly as the whole image does."""
+    from skimage.color import rgb2lab
+
+    lab = rgb2lab(np.asarray(rgb, dtype=np.float32), channel_axis=-1)
+    out = np.empty(lab.shape, np.float32)
+    out[..., 0] = lab[..., 0] / 100.0
+    out[..., 1:] = (lab[..., 1:] + 128.0) / 255.0
+    return np.clip(out, 0.0, 1.0, out=out)
 
 
 def _embed_dim_guess(backbone: str) -> int:
