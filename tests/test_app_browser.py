@@ -231,8 +231,24 @@ def test_paint_train_reload_apply_download(server, browser, shared_data, tmp_pat
     page.wait_for_function("!document.querySelector('#apply-all').disabled", timeout=60_000)
 
     # download the label image of the micrograph we painted: its shape, its classes
+    # from the moment the image is switched, the label link is off or points at this image (it used
+    # to keep the previous image's link until the new one had loaded): hold the new image's loading
+    # back and look at the link meanwhile
+    held: list = []
+    pyramid = f"**/api/images/{image_id}/pyramid"
+    page.route(pyramid, lambda route: held.append(route))
     page.click(".thumb[data-file-id] >> nth=0")
     page.wait_for_function(f"new URLSearchParams(location.hash.slice(1)).get('i') === '{image_id}'")
+    deadline = time.time() + 20
+    while not held:
+        assert time.time() < deadline, "the image's pyramid was never requested"
+        page.wait_for_timeout(20)
+    link = page.evaluate("(() => { const a = document.querySelector('#dl-labels'); "
+                         "return a.classList.contains('disabled') ? null : a.getAttribute('href'); })()")
+    assert link in (None, f"/api/images/{image_id}/labels.png"), link
+    for route in held:
+        route.continue_()
+    page.unroute(pyramid)
     page.wait_for_function("!document.querySelector('#dl-labels').classList.contains('disabled')")
     with page.expect_download() as info:
         page.click("#dl-labels")

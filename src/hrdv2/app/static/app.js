@@ -143,6 +143,7 @@ async function openImage(id) {
   const image = S.images.find((i) => i.id === id) || (await api.get(`/api/images/${id}`));
   S.image = image;
   S.prediction = null;
+  updateDownloads(); // at once: until its prediction loads, no link may still fetch the previous image's results
   viewer.setRegions(null);
   clearClicks();
   $("#empty").hidden = true;
