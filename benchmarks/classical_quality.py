@@ -83,10 +83,10 @@ def build_sets(data: Path, seed: int = 0) -> dict[str, dict]:
     simulated("horse", data / "horse", "horse*.png")
     simulated("grabcut", data / "grabcut", "*.png")
     gc = data / "grabcut"
-    own = [_pair(gc, stem, "gt") for stem in _stems(gc, "*.png", "gt")]
+    own = [(stem, *_pair(gc, stem, "gt")) for stem in _stems(gc, "*.png", "gt")]
     sets["grabcut-per-image"] = {
         "rounds": [{"train": [(im, simulate_scribbles(gt, seed=10 * seed + i, **SIM))], "test": [(stem, im, gt)]}
-                   for i, (stem, (im, gt)) in enumerate(zip(_stems(gc, "*.png", "gt"), own))],
+                   for i, (stem, im, gt) in enumerate(own)],
         "note": "10 x 1 / same image, simulated scribbles"}
     return sets
 
@@ -252,10 +252,12 @@ def main() -> None:
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for name, r in results.items():
         cells = " | ".join(f"{r[m]:.3f} ({r[m] / r['reference']:.2f})" for m in METHODS[1:])
-        choice = r.get("auto_choice", "").replace("auto chose ", "").split(": CV")[0]
-        cv = r.get("auto_choice", "").split("CV mIoU ")[-1].split(" ")[0]
+        note = r.get("auto_choice", "")
+        choice = note.replace("auto chose ", "").split(": CV")[0]
+        if "CV mIoU " in note:  # a per-image set has one choice per image, and no single score
+            choice += f" ({note.split('CV mIoU ')[-1].split(' ')[0]})"
         print(f"| {name}{'' if r['tuned'] else ' (held out)'} | {r['note']} | {r['reference']:.3f} | {cells} | "
-              f"{choice} ({cv}) |")
+              f"{choice} |")
     for m in METHODS:
         print(f"mean {m}: {np.mean([r[m] for r in results.values()]):.3f}")
     if args.json:
