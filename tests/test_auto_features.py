@@ -99,8 +99,9 @@ def test_budget_stops_after_the_first_candidate_and_model_round_trips(tmp_path):
 
 
 def test_auto_featurises_colour_in_lab_unless_told_otherwise(tmp_path):
-    """A colour image's ``auto`` normalisation means CIE Lab for auto (measured better on both RGB
-    sets); an explicit normalisation is kept; grey images keep the percentile stretch."""
+    """A colour image's ``auto`` normalisation means CIE Lab for auto (measured: one model per
+    GrabCut photo 0.69 against 0.63 in RGB, level across photos); an explicit normalisation is
+    kept; grey images keep the percentile stretch."""
     from hrdv2.cli.main import cli
 
     img, scr, _ = _texture_pair(96, seed=3)
