@@ -22,9 +22,9 @@ by ``LOGISTIC_MARGIN``. Why average instead of picking: on the benchmark's sets 
 candidates poorly (Spearman with the test ranking 0.64 on isbi2012, -0.45 on grabcut), and over
 its 7 sets x 5 seeds (``benchmarks/auto_rules.py``) averaging the close forests scored a mean
 test mIoU of 0.607, against 0.602 for the earlier pick-one-unless-the-top-3-average-ties rule and
-0.598 for the single best forest on the same candidates (docs/segmentation.md); the delta keeps a clearly best family (the structure tensor on a
-texture boundary) from being diluted by forests that cannot see it. The ensemble is saved as one
-RandomForestClassifier (:func:`fit_ensemble`).
+0.598 for the single best forest on the same candidates (docs/segmentation.md); the delta keeps a
+clearly best family (the structure tensor on a texture boundary) from being diluted by forests
+that cannot see it. The ensemble is saved as one RandomForestClassifier (:func:`fit_ensemble`).
 The intensity normalisation is not searched: the per-image stretch won on every grey set measured,
 and colour images are featurised in CIE Lab (``COLOUR_NORMALISE``).
 """
@@ -387,7 +387,8 @@ def fit_ensemble(choice: AutoChoice, x: np.ndarray, y: np.ndarray, n_channels: i
     merged = None
     for m in choice.members:
         cols = np.asarray([index[n] for n in feature_names(n_channels, m.sigmas, m.filters)], dtype=np.intp)
-        model = make_classifier(m.classifier, random_state, len(y), **{**dict(m.params), "n_estimators": ENSEMBLE_TREES})
+        params = {**dict(m.params), "n_estimators": ENSEMBLE_TREES}
+        model = make_classifier(m.classifier, random_state, len(y), **params)
         model.fit(x[:, cols], y)
         for est in model.estimators_:
             _remap_tree(est, cols, width)
