@@ -6,11 +6,11 @@ Per set and seed: the scribbles and splits of ``classical_quality.build_sets(see
 with an unlimited budget (every candidate scored); every forest candidate fitted once as an
 ensemble member (``ENSEMBLE_TREES`` trees, the final fit's pixels, ``random_state=seed``) and every
 candidate as Segmenter fits it on its own, their test probabilities kept. A rule's single choice is
-scored as the model on its own; an ensemble by averaging its members' test probabilities, which is
-what ``fit_ensemble``'s merged forest predicts (the previous rule's ensembles had 40-tree members,
-here ``ENSEMBLE_TREES``: the same members, fewer trees); ``grabcut-per-image`` (a model per image)
-is left out. The reference
-(scikit-image ``multiscale_basic_features`` + forest) is run on the same split.
+scored as the model on its own; an ensemble by its members' test probabilities weighted as
+``auto.member_weights`` says, which is what ``fit_ensemble``'s model predicts (the previous
+rule's ensembles had 40-tree members, here ``ENSEMBLE_TREES``: the same members, fewer trees);
+``grabcut-per-image`` (a model per image) is left out. The reference (scikit-image
+``multiscale_basic_features`` + forest) is run on the same split.
 
 Usage: python benchmarks/auto_rules.py [--sets a,b] [--seeds 5]
 (about 1 minute per set and seed on 2 idle CPUs)
@@ -19,6 +19,7 @@ Usage: python benchmarks/auto_rules.py [--sets a,b] [--seeds 5]
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 from unittest import mock
 
@@ -34,7 +35,7 @@ from hrdv2.segmentation.sampling import balanced_sample
 from hrdv2.segmentation.segmenter import make_classifier
 
 
-def previous_rule(runs: list, n_classes: int) -> list:
+def previous_rule(runs: list, n_classes: int) -> tuple[list, list[float]]:
     """The rule before 2026-12-02 16:47: the first candidate in run order that no later one beats
     by 0.01 (logistic regression also by 0.1 over the best forest), replaced by the average of the
     3 best forests unless the single one beats that average by more than 0.01."""
@@ -50,22 +51,25 @@ def previous_rule(runs: list, n_classes: int) -> list:
     top = sorted((r for r in runs if r[1].classifier == "random_forest" and np.isfinite(r[0])),
                  key=lambda r: -r[0])[:3]
     if len(top) >= 2 and auto._ensemble_score([r[3] for r in top], n_classes) >= best[0] - margin:
-        return top
-    return [best]
+        return top, [1 / len(top)] * len(top)
+    return [best], [1.0]
+
+
+def _with(runs: list, n: int, **constants) -> tuple[list, list[float]]:
+    """``auto.select``'s choice and its members' weights, with some of auto's constants changed."""
+    with mock.patch.multiple(auto, **constants) if constants else contextlib.nullcontext():
+        chosen = auto.select(runs, n)[0]
+        return chosen, auto.member_weights(chosen)
 
 
 RULES = {
-    "shipped": lambda runs, n: auto.select(runs, n)[0],
-    "no delta (top 5)": lambda runs, n: _with(runs, n, ENSEMBLE_DELTA=math.inf),
-    "single best forest": lambda runs, n: _with(runs, n, ENSEMBLE_K=1),
+    "shipped": lambda runs, n: _with(runs, n),
+    "forests alone (share 0; the rule of 2026-12-02 16:47)": lambda runs, n: _with(runs, n, LINEAR_SHARE=0.0),
+    "logistic share 0.5": lambda runs, n: _with(runs, n, LINEAR_SHARE=0.5),
+    "no delta (top 5 forests), with the share": lambda runs, n: _with(runs, n, ENSEMBLE_DELTA=math.inf),
+    "single best forest, with the share": lambda runs, n: _with(runs, n, ENSEMBLE_K=1),
     "previous (pick one unless the top-3 average ties)": previous_rule,
 }
-
-
-def _with(runs: list, n: int, **constants) -> list:
-    """``auto.select`` with some of its constants changed (the rule variants)."""
-    with mock.patch.multiple(auto, **constants):
-        return auto.select(runs, n)[0]
 
 
 def collect(s: dict, seed: int) -> dict:
@@ -111,11 +115,17 @@ def collect(s: dict, seed: int) -> dict:
             "n_cls": n_cls, "n_classes": n_classes, "ref": _reference(s, n_cls, seed)[0]}
 
 
-def rule_miou(data: dict, chosen: list) -> float:
-    """A single choice is scored as the model Segmenter fits for it; an ensemble as its members' average."""
+def rule_miou(data: dict, pick: tuple[list, list[float]]) -> float:
+    """A single choice is scored as the model Segmenter fits for it; an ensemble as its members'
+    weighted average (forests as ensemble members, a logistic regression as fitted on its own)."""
+    chosen, weights = pick
     cms = []
     for i, gt in enumerate(data["gts"]):
-        p = data["alone"][chosen[0][1].key][i] if len(chosen) == 1 else sum(data["probs"][r[1].key][i] for r in chosen)
+        if len(chosen) == 1:
+            p = data["alone"][chosen[0][1].key][i]
+        else:
+            p = sum(w * (data["probs"] if r[1].classifier == "random_forest" else data["alone"])[r[1].key][i]
+                    for w, r in zip(weights, chosen))
         cms.append(confusion_matrix(np.argmax(p, axis=1).reshape(gt.shape), gt, data["n_cls"]))
     return mean_iou(sum(cms))
 

@@ -1,7 +1,7 @@
 """`features="auto"`: folds that never score a pixel whose stroke is in training, the choice on a
 synthetic image where one preset is clearly best, the ensemble of forests (its merged forest
-equals the average of its members, and round-trips through Segmenter.save / load), the time
-budget, and the CLI summary."""
+equals the average of its members, and round-trips through Segmenter.save / load), the logistic
+regression blended in at ``LINEAR_SHARE``, the time budget, and the CLI summary."""
 
 from __future__ import annotations
 
@@ -68,13 +68,16 @@ def test_image_folds_need_every_class_in_training():
     assert image_folds([a]) is None
 
 
-def test_auto_picks_the_structure_tensor_where_only_orientation_coherence_differs():
+def test_auto_picks_the_structure_tensor_where_only_orientation_coherence_differs(tmp_path):
     img, scr, gt = _texture_pair()
     seg = Segmenter("auto", auto_budget_s=120).fit([img], [scr])
     choice = seg.auto_choice_
     keys = [m.key for m in choice.members] or [f"{choice.label}/{choice.classifier_label}"]
-    # only forests with the structure tensor: the others are too far behind to be averaged in
-    assert all(k.startswith("default+structure/") and not k.endswith("/logistic") for k in keys), choice.scores
+    # only candidates with the structure tensor: the other forests are too far behind to be averaged
+    # in, and the logistic regression blended in is the best by CV, which has it too
+    assert all(k.startswith("default+structure/") for k in keys), choice.scores
+    logistic = max((k for k in choice.scores if k.endswith("/logistic")), key=choice.scores.get)
+    assert [k for k in keys if k.endswith("/logistic")] == [logistic] == keys[-1:]
     assert "structure" in seg.features.filters and seg.features.kind == "classical"
     # candidates with the structure tensor score clearly above all others; the reported score is the choice's
     assert choice.cv_miou == choice.scores[f"ensemble({'|'.join(keys)})" if choice.members else keys[0]]
@@ -84,6 +87,9 @@ def test_auto_picks_the_structure_tensor_where_only_orientation_coherence_differ
     assert f"auto={choice.label!r}" in repr(seg) and "cv_miou=" in repr(seg)
     assert "default+structure" in choice.summary() and "(sigmas 1,2,4,8,16)" in choice.summary()
     assert seg.classifier_params == choice.classifier_params  # e.g. the subsampled forest's 5 % samples
+    assert "blended with default+structure + logistic (0.25 of the probability)" in choice.summary()
+    loaded = Segmenter.load(seg.save(tmp_path / "blend.skops"))  # forests + logistic: scikit-learn types only
+    np.testing.assert_array_equal(loaded.predict_proba(img), seg.predict_proba(img))
 
 
 def test_budget_stops_after_the_first_candidate_and_model_round_trips(tmp_path):
@@ -163,10 +169,27 @@ def test_ensemble_forest_is_the_average_of_its_members_on_their_own_channels():
     used = {names[f] for est in merged.estimators_[auto.ENSEMBLE_TREES:] for f in est.tree_.feature if f >= 0}
     assert used and all(n == "intensity" or n.startswith("gaussian") for n in used)
 
+    # with a logistic regression member: 1 - LINEAR_SHARE for the forests' mean, the rest for it,
+    # read from the union map through coefficients that are zero off its own channels
+    linear = Member("basic", resolve_filters("gaussian,gradient"), (1.0, 2.0), "logistic", "logistic")
+    blended = fit_ensemble(AutoChoice("ensemble", filters, choice.sigmas, "random_forest", "auto", 0.0, "",
+                                      members=members + (linear,)), x, y, 1, random_state=0)
+    cols = [names.index(n) for n in feature_names(1, linear.sigmas, linear.filters)]
+    alone = make_classifier("logistic", 0, len(y)).fit(x[:, cols], y).predict_proba(x[:, cols])
+    np.testing.assert_allclose(blended.predict_proba(x), (1 - auto.LINEAR_SHARE) * np.mean(expected, axis=0)
+                               + auto.LINEAR_SHARE * alone, atol=1e-6)
+    coef = blended.estimators_[1][-1].coef_
+    assert coef.shape == (1, len(names)) and not np.any(np.delete(coef, cols, axis=1))
+
+
+def _four_forests(every):
+    """A candidates() of its first 4 forests only: quick, and no logistic regression to blend in."""
+    return lambda: [m for m in every() if m.classifier == "random_forest"][:4]
+
 
 def test_auto_averages_the_forests_within_the_delta_of_the_best_and_round_trips(tmp_path, monkeypatch):
     img, scr, gt = _texture_pair(96, seed=3)
-    monkeypatch.setattr(auto, "candidates", lambda first=auto.candidates: first()[:4])  # 4 forests: quick
+    monkeypatch.setattr(auto, "candidates", _four_forests(auto.candidates))  # 4 forests: quick
     monkeypatch.setattr(auto, "ENSEMBLE_DELTA", 1.0)  # every forest is close enough: all 4 averaged
     seg = Segmenter("auto", auto_budget_s=120).fit([img], [scr])
     c = seg.auto_choice_
@@ -189,7 +212,7 @@ def test_auto_averages_the_forests_within_the_delta_of_the_best_and_round_trips(
 
 def test_auto_ensemble_leaves_out_forests_beyond_the_delta(monkeypatch):
     img, scr, _ = _texture_pair(96, seed=3)
-    monkeypatch.setattr(auto, "candidates", lambda first=auto.candidates: first()[:4])
+    monkeypatch.setattr(auto, "candidates", _four_forests(auto.candidates))
     monkeypatch.setattr(auto, "ENSEMBLE_DELTA", 0.0)  # only exact ties with the best are averaged
     c = Segmenter("auto", auto_budget_s=120).fit([img], [scr]).auto_choice_
     forests = {k: v for k, v in c.scores.items() if not k.startswith("ensemble")}
@@ -234,9 +257,37 @@ def test_select_on_given_scores_keeps_close_forests_best_first():
     c = run("c", "random_forest", 0.80, 2)
     chosen, cv = auto.select([c, a, b], 2)
     assert chosen == [a, b] and cv == 1.0  # c is 0.10 behind; the average of a and b gets every pixel right
-    assert auto.select([c, a, run("lr", "logistic", 1.05, 4), b], 2)[0] == [a, b]  # not 0.1 above 1.0
+    close = run("lr", "logistic", 1.05, 4)  # not 0.1 above the forests' 1.0: blended in, last
+    assert auto.select([c, a, close, b], 2)[0] == [a, b, close]
     lr = run("lr", "logistic", 1.11, 4)
     assert auto.select([c, a, lr, b], 2) == ([lr], 1.11)
     tie = run("t", "random_forest", 0.90, 4)
     assert auto.select([tie, a], 2)[0] == [tie, a]  # a tie keeps run order
     assert auto.select([a, tie], 2)[0] == [a, tie]
+
+
+def test_select_blends_the_best_logistic_at_its_share(monkeypatch):
+    """The forests' average keeps 1 - LINEAR_SHARE of the probability: a logistic regression
+    that is right where the forests are all wrong is outvoted at 0.25, decides at 0.6."""
+    yt = np.array([1, 1, 2, 2])
+
+    def run(label: str, classifier: str, score: float, right: int, norm: str = "auto") -> auto.Run:
+        proba = np.zeros((4, 3), np.float32)
+        for i, k in enumerate(yt):
+            proba[i, k if i < right else 3 - k] = 1.0
+        cl = "random_forest" if classifier != "logistic" else "logistic"
+        return score, Member(label, ("intensity",), (1.0,), classifier, cl), norm, [[(yt, proba)]]
+
+    a, b = run("a", "random_forest", 0.60, 2), run("b", "subsampled_forest", 0.58, 2)  # both wrong on pixels 2, 3
+    # the forests' average scores 0.25 (class 1 everywhere); no logistic regression beats it by 0.1
+    weak, best = run("w", "logistic", 0.20, 0), run("l", "logistic", 0.30, 4)
+    other = run("o", "logistic", 0.31, 4, norm="none")  # another normalisation: never blended with these forests
+    chosen, cv = auto.select([a, weak, b, best], 2)
+    assert chosen == [a, b, best] and auto.member_weights(chosen) == [0.375, 0.375, 0.25]
+    assert cv == auto._miou([(yt, 0.375 * a[3][0][0][1] + 0.375 * b[3][0][0][1] + 0.25 * best[3][0][0][1])], 2) < 1
+    assert auto.select([a, b, best, other], 2)[0] == [a, b, best]
+    monkeypatch.setattr(auto, "LINEAR_SHARE", 0.6)
+    assert auto.select([a, b, best], 2)[1] == 1.0  # the logistic regression now outvotes the forests
+    monkeypatch.setattr(auto, "LINEAR_SHARE", 0.0)
+    assert auto.select([a, b, best], 2)[0] == [a, b]
+    assert auto.member_weights([a, b]) == [0.5, 0.5]

@@ -239,3 +239,25 @@ def test_volume_mode_trains_on_two_slices_and_applies_by_bricks(shared_data, tmp
         FeatureConfig(volume=True, spacing=(1, 0, 1))
     with pytest.raises(ConfigError, match="volume mode"):
         seg.engine.compute(vol[0])
+
+
+def test_auto_blend_applies_blockwise_as_whole_image(alloy, classical_model):
+    """auto's blend (forest + logistic regression, hrdv2.features.auto.blend) through the block-wise
+    apply: the compiled forest with the folded linear part in every block, the whole-image
+    predict on a megapixel the same way, so the probabilities agree to float32 rounding."""
+    import copy
+
+    from hrdv2.features.auto import blend
+    from hrdv2.segmentation.forest import FastBlend, fast_forest
+
+    image, scribble = alloy
+    linear = Segmenter("classical", "logistic").fit([image], [scribble])
+    seg = copy.copy(classical_model)
+    seg.model_ = blend(classical_model.model_, linear.model_, 0.25)
+    big = np.tile(image[:300, :333], (4, 4))[:1030, :1031]
+    whole = seg.predict_proba(big)
+    assert isinstance(fast_forest(seg, seg.model_, big.size), FastBlend)
+    probs = segment_blockwise(seg, big, block_size=512, workers=2, proba=True)
+    np.testing.assert_allclose(probs, whole, atol=1e-5)
+    # the blend differs from its forest alone: the linear part is really there
+    assert np.abs(whole - classical_model.predict_proba(big)).max() > 0.05

@@ -145,6 +145,8 @@ def _cases(base: dict, trees: tuple[dict, dict], victim: Path, marker: Path) -> 
     nodes = overrun["model"]._predictors[0][0].nodes
     assert nodes["is_leaf"][0] == 0
     nodes["right"][0] = 10**6  # predict would read far past the node array
+    looped_blend, hard_blend = _blend_state(looped), _blend_state(trees[0])
+    hard_blend["model"].voting = "hard"  # not the blend hrdv2 writes: its kind check names the type
     return {
         # code: finalisers, function transformers, function and type references
         "finaliser deletes a folder": (_patched(valid, _set_field("pca", _finaliser(victim))),
@@ -180,6 +182,8 @@ def _cases(base: dict, trees: tuple[dict, dict], victim: Path, marker: Path) -> 
         "format version as text": (sio.dumps(_state_with(base, format_version="1")), "field 'format_version' is str"),
         "decision tree with a loop": (sio.dumps(looped), "node array is inconsistent"),
         "boosted tree pointing past its end": (sio.dumps(overrun), "a boosted tree's node array is inconsistent"),
+        "auto blend with a looped tree": (sio.dumps(looped_blend), "node array is inconsistent"),
+        "hard-voting blend": (sio.dumps(hard_blend), "classifier 'random_forest' but the file holds VotingClassifier"),
         "not a segmenter": (sio.dumps({"format": "something else"}), "not an hrdv2 segmenter model"),
         # damaged files
         "empty file": (b"", "not a readable hrdv2 model file"),
@@ -190,6 +194,17 @@ def _cases(base: dict, trees: tuple[dict, dict], victim: Path, marker: Path) -> 
         "schema nested too deep": (_zip({"schema.json": (b"[" * 200 + b"]" * 200)}), "nested more than"),
         "schema nested past the parser": (_zip({"schema.json": (b"[" * 100_000 + b"]" * 100_000)}), "RecursionError"),
     }
+
+
+def _blend_state(forest_state: dict, n_classes: int = 2) -> dict:
+    """``auto``'s blend (hrdv2.features.auto.blend) of the state's forest with a logistic regression."""
+    from hrdv2.features.auto import blend
+    from hrdv2.segmentation.segmenter import make_classifier
+
+    forest = copy.deepcopy(forest_state["model"])
+    x = np.random.default_rng(0).random((60, forest.n_features_in_))
+    linear = make_classifier("logistic").fit(x, np.arange(60) % n_classes + 1)
+    return _state_with(forest_state, model=blend(forest, linear, 0.25))
 
 
 def _zip(members: dict[str, bytes]) -> bytes:
@@ -205,7 +220,8 @@ CASE_NAMES = [
     "numpy.load reference", "random generator calling numpy.random.seed", "another sklearn estimator",
     "scipy sparse matrix", "numpy masked array", "a set", "class list longer than the classifier's",
     "wrong feature count", "class names not a list", "missing field", "classifier name does not match",
-    "format version as text", "decision tree with a loop", "boosted tree pointing past its end", "not a segmenter",
+    "format version as text", "decision tree with a loop", "boosted tree pointing past its end",
+    "auto blend with a looped tree", "hard-voting blend", "not a segmenter",
     "empty file", "garbage", "truncated",
     "no schema", "schema not json", "schema nested too deep", "schema nested past the parser",
 ]
@@ -394,6 +410,30 @@ def test_every_model_hrdv2_trains_still_loads(classifier, feature_maps, tmp_path
             with threadpool_limits(1):
                 feats = feature_maps[kind]
                 np.testing.assert_array_equal(loaded.predict(image, feats), seg.predict(image, feats))
+
+
+@pytest.mark.parametrize("n_classes", [2, 3])
+def test_auto_blend_saves_loads_and_predicts_the_same(n_classes, tmp_path):
+    """auto's blend of a forest and a logistic regression is a file hrdv2 writes: it loads (its
+    VotingClassifier is on the derived allow-list) and predicts as before, through the compiled
+    forest path too (its linear part folded into one float32 product: equal within rounding)."""
+    from hrdv2.segmentation.forest import fast_forest
+
+    with threadpool_limits(1):
+        forest = Segmenter("classical", "random_forest", max_samples=200, classifier_params={
+            "n_estimators": 3, "n_jobs": 1}).fit([_image()], [_scribble(n_classes)])
+    state = _blend_state(forest._state(), n_classes)
+    path = model_file.write_model(tmp_path / "blend.skops", state)
+    loaded = Segmenter.load(path)
+    assert type(loaded.model_).__name__ == "VotingClassifier" and loaded.classifier == "random_forest"
+    rows = (np.random.default_rng(1).random((500, state["n_features_in"])) * 2).astype(np.float32)
+    with threadpool_limits(1):
+        expected = state["model"].predict_proba(rows)
+        assert expected.shape == (500, n_classes) and expected.min() < 0.2 < 0.8 < expected.max()
+        np.testing.assert_allclose(loaded.predict_proba_features(rows), expected, atol=1e-6)
+        fast = fast_forest(loaded, loaded.model_)  # no row count: compiled regardless of size
+        assert type(fast).__name__ == "FastBlend"
+        np.testing.assert_allclose(fast(rows), expected, atol=1e-5)
 
 
 def test_cli_train_then_apply(tmp_path):

@@ -7,9 +7,10 @@ types by default (every scikit-learn estimator, numpy ufuncs...) and a name from
 evaluates strings, so prefix rules are not enough. Here every node of the archive is checked
 *before anything is built* against the exact (loader, type) pairs that hrdv2 itself writes,
 found by saving the estimators :func:`~hrdv2.segmentation.segmenter.make_classifier` builds
-(and the PCA a model can hold). Anything else is refused with one line naming the file and the
-first refused type. After loading, the state is checked field by field (types, class list,
-feature counts, tree structure) so a well-formed archive with the wrong content is refused too.
+(and the PCA a model can hold, and ``auto``'s blend of a forest with a logistic regression).
+Anything else is refused with one line naming the file and the first refused type. After
+loading, the state is checked field by field (types, class list, feature counts, tree structure)
+so a well-formed archive with the wrong content is refused too.
 
 This module is the only place that knows the allow-list; ``Segmenter.save`` / ``Segmenter.load``
 delegate here.
@@ -99,6 +100,7 @@ def _bit_generator_name(node: dict) -> str:
 def _sample_states() -> Iterator[dict]:
     """The state of every kind of model hrdv2 builds, on tiny data (fast estimator settings do
     not change which types an estimator holds: tree count, iterations and threads only)."""
+    from hrdv2.features.auto import blend
     from hrdv2.features.sets import FeatureConfig
     from hrdv2.segmentation.segmenter import CLASSIFIERS, Segmenter
 
@@ -110,10 +112,16 @@ def _sample_states() -> Iterator[dict]:
     for n_classes, config, random_state in ((2, FeatureConfig("deep", pca_components=2), 0),
                                             (3, FeatureConfig("classical"), None)):
         scribble = (np.arange(144).reshape(12, 12) % n_classes + 1).astype(np.uint8)
+        fitted = {}
         for name in CLASSIFIERS:
             feats = rng.random((12, 12, 8), dtype=np.float32)
             seg = Segmenter(config, name, max_samples=144, random_state=random_state, classifier_params=fast[name])
-            yield seg.fit([image], [scribble], [feats])._state()
+            fitted[name] = seg.fit([image], [scribble], [feats])
+            yield seg._state()
+        # auto's blend of a forest with a logistic regression (hrdv2.features.auto.blend): the two
+        # just fitted, on the same classes and feature width
+        yield {**fitted["random_forest"]._state(),
+               "model": blend(fitted["random_forest"].model_, fitted["logistic"].model_, 0.25)}
 
 
 @functools.lru_cache(maxsize=1)
@@ -121,9 +129,9 @@ def allowed_types() -> frozenset[tuple[str, str]]:
     """The (loader, ``module.Class``) pairs hrdv2's own model files contain, and nothing more.
 
     Found by saving each classifier :func:`make_classifier` builds (2 and 3 classes, with the
-    PCA of deep features) and reading back the archive's node types; plus numpy scalars of
-    numeric dtypes and builtin dict-key types, which depend on the data, not on the estimator.
-    Cached: computing it fits six tiny estimators (~0.5 s).
+    PCA of deep features) and ``auto``'s blend, and reading back the archive's node types; plus
+    numpy scalars of numeric dtypes and builtin dict-key types, which depend on the data, not on
+    the estimator. Cached: computing it fits six tiny estimators and two blends (~0.5 s).
     """
     import skops.io as sio
     from threadpoolctl import threadpool_limits
@@ -292,20 +300,37 @@ def _check_counts(state: dict, path: Path | str) -> tuple[np.ndarray, int]:
 
 
 def _model_kind(model: Any) -> str | None:
-    from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import Pipeline
-    from sklearn.preprocessing import StandardScaler
+    """The classifier name a model is, or None. ``auto``'s blend (a soft-voting classifier of one
+    random forest and one logistic-regression pipeline, :func:`hrdv2.features.auto.blend`) counts
+    as ``random_forest``, the family its ensembles are saved as and that the app retrains with."""
+    from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier, VotingClassifier
 
     if type(model) is RandomForestClassifier:
         return "random_forest"
     if type(model) is HistGradientBoostingClassifier:
         return "gradient_boosting"
-    steps = getattr(model, "steps", None) if type(model) is Pipeline else None
-    if isinstance(steps, list) and [type(s[1]) if isinstance(s, tuple) and len(s) == 2 else None for s in steps] \
-            == [StandardScaler, LogisticRegression]:
+    if _is_linear(model):
         return "logistic"
+    if type(model) is VotingClassifier:
+        members = getattr(model, "estimators_", None)
+        weights = model.weights
+        if model.voting == "soft" and isinstance(members, list) and len(members) == 2 \
+                and type(members[0]) is RandomForestClassifier and _is_linear(members[1]) \
+                and isinstance(weights, list) and len(weights) == 2 \
+                and all(isinstance(w, float) and np.isfinite(w) and w >= 0 for w in weights) and sum(weights) > 0:
+            return "random_forest"
     return None
+
+
+def _is_linear(model: Any) -> bool:
+    """A StandardScaler + LogisticRegression pipeline (``make_classifier("logistic")``)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    steps = getattr(model, "steps", None) if type(model) is Pipeline else None
+    return isinstance(steps, list) and [type(s[1]) if isinstance(s, tuple) and len(s) == 2 else None
+                                        for s in steps] == [StandardScaler, LogisticRegression]
 
 
 def _links_ok(left: np.ndarray, right: np.ndarray, feature: np.ndarray, inner: np.ndarray, width: int) -> bool:
@@ -320,9 +345,15 @@ def _links_ok(left: np.ndarray, right: np.ndarray, feature: np.ndarray, inner: n
 def _check_trees(model: Any, width: int, path: Path | str) -> None:
     """scikit-learn indexes tree node arrays without bounds checks, so a crafted tree could read
     out of memory or loop forever: check every link. hrdv2 never trains categorical splits."""
+    from sklearn.ensemble import VotingClassifier
     from sklearn.tree import DecisionTreeClassifier
     from sklearn.tree._tree import Tree
 
+    if type(model) is VotingClassifier:  # auto's blend: its forest's trees (the linear part has no links)
+        for member in model.estimators_:
+            if not _is_linear(member):
+                _check_trees(member, width, path)
+        return
     for est in getattr(model, "estimators_", []):
         tree = getattr(est, "tree_", None)
         if type(est) is not DecisionTreeClassifier or type(tree) is not Tree:
