@@ -11,14 +11,18 @@ Where a set has only dense ground truth, scribbles are simulated from it with
 the training image), the same for every method. The reference is the scikit-image tutorial
 recipe: ``multiscale_basic_features(sigma_min=1, sigma_max=16)`` + ``RandomForestClassifier(
 n_estimators=50, max_depth=10, max_samples=0.05)``. Every hrdv2 row uses ``Segmenter`` as shipped
-(random forest unless auto chooses otherwise); ``default/none`` is the default without the
-per-image percentile stretch (the normalisation study in docs/segmentation.md).
+(random forest unless auto chooses otherwise); ``default/percentile`` is the default with the plain
+percentile stretch instead of the robust one, ``default/none`` without any (the normalisation
+study in docs/segmentation.md).
 
 ``tuned`` marks the sets looked at while choosing auto's candidates and the normalisation;
-the others are held out from that tuning.
+the others are held out from that tuning. auto's ensemble rule and logistic share were then
+compared on every set's usual split, so ``--unseen`` tests the same models on images after each
+set's usual test images, which no tuning looked at (superalloy 2, isbi2012 2, horse 22, grabcut 2;
+tcell, isb_0, isb_1 and grabcut-per-image have none).
 
 Usage: python benchmarks/classical_quality.py [--sets a,b] [--budget 20] [--json out.json] [--ranking]
-       [--seeds N] [--methods reference,default,auto]
+       [--seeds N] [--methods reference,default,auto] [--unseen]
 (``--ranking``: every auto candidate's CV score next to its test score, per set. ``--seeds N``:
 repeat everything with seeds 0..N-1 -- seed s simulates scribbles with ``seed=10 * s + i`` and
 gives every forest, the reference's included, ``random_state=s`` -- and print each method's mean
@@ -43,7 +47,7 @@ from hrdv2.segmentation import Segmenter, simulate_scribbles
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 SIM = dict(strokes_per_class=3, radius=2, max_fraction=0.01)
 TUNED = {"superalloy", "tcell"}
-METHODS = ("reference", "default", "default/none", "weka", "auto")
+METHODS = ("reference", "default", "default/percentile", "default/none", "weka", "auto")
 
 
 def _stems(folder: Path, pattern: str, label: str) -> list[str]:
@@ -56,32 +60,40 @@ def _pair(folder: Path, stem: str, label: str) -> tuple[np.ndarray, np.ndarray]:
     return im, read_labels(folder / f"{stem}_{label}.png", im.shape[:2])
 
 
-def build_sets(data: Path, seed: int = 0) -> dict[str, dict]:
+def build_sets(data: Path, seed: int = 0, unseen: bool = False) -> dict[str, dict]:
     """name -> {train: [(image, scribble)], test: [(name, image, labels)], note}; ``seed`` varies
-    the simulated scribbles (``seed=10 * seed + i``; real scribbles do not change)."""
+    the simulated scribbles (``seed=10 * seed + i``; real scribbles do not change). ``unseen``:
+    the same training images and scribbles, tested on the images after the usual test images
+    (which no tuning of hrdv2 looked at); sets without such images are left out."""
     sets: dict[str, dict] = {}
 
     def simulated(name: str, folder: Path, pattern: str) -> None:
         stems = _stems(folder, pattern, "gt")
         train = [_pair(folder, s, "gt") for s in stems[:2]]
+        test = stems[8:] if unseen else stems[2:8]
+        if not test:
+            return
         sets[name] = {"train": [(im, simulate_scribbles(gt, seed=10 * seed + i, **SIM))
                                 for i, (im, gt) in enumerate(train)],
-                      "test": [(s, *_pair(folder, s, "gt")) for s in stems[2:8]],
-                      "note": "2 / 6, simulated scribbles"}
+                      "test": [(s, *_pair(folder, s, "gt")) for s in test],
+                      "note": f"2 / {len(test)}{' unseen' if unseen else ''}, simulated scribbles"}
 
     simulated("superalloy", data / "superalloy", "nasa_*.png")
     tc = data / "tcell"
     stems = _stems(tc, "tcell_*.png", "scribble")
-    sets["tcell"] = {"train": [_pair(tc, s, "scribble") for s in stems[:2]],
-                     "test": [(s, *_pair(tc, s, "scribble")) for s in stems[2:6]],
-                     "note": "2 / 4, real scribbles, scored on scribbled pixels"}
+    if not unseen:  # its 6 scribbled images are all in the usual split
+        sets["tcell"] = {"train": [_pair(tc, s, "scribble") for s in stems[:2]],
+                         "test": [(s, *_pair(tc, s, "scribble")) for s in stems[2:6]],
+                         "note": "2 / 4, real scribbles, scored on scribbled pixels"}
     simulated("isbi2012", data / "isbi2012", "isbi_*.png")
     sa = data / "superalloy"
-    for stem in ("isb_0", "isb_1"):
+    for stem in ("isb_0", "isb_1") if not unseen else ():  # tested on its own training image: nothing unseen
         sets[stem] = {"train": [_pair(sa, stem, "scribble")], "test": [(stem, *_pair(sa, stem, "gt"))],
                       "note": "real scribbles, same image's GT"}
     simulated("horse", data / "horse", "horse*.png")
     simulated("grabcut", data / "grabcut", "*.png")
+    if unseen:  # likewise one model per image, tested on that image
+        return sets
     gc = data / "grabcut"
     own = [(stem, *_pair(gc, stem, "gt")) for stem in _stems(gc, "*.png", "gt")]
     sets["grabcut-per-image"] = {
@@ -203,6 +215,9 @@ def main() -> None:
     ap.add_argument("--seeds", type=int, default=1, help="repeat with seeds 0..N-1 and summarise (see above)")
     ap.add_argument("--methods", default=",".join(METHODS),
                     help=f"with --seeds: a comma-separated subset of {','.join(METHODS)}")
+    ap.add_argument("--unseen", action="store_true",
+                    help="test on the images after each set's usual test images, which no tuning looked at "
+                         "(superalloy 2, isbi2012 2, horse 22, grabcut 2; the same training images)")
     ap.add_argument("--ranking", action="store_true",
                     help="instead: per set, every auto candidate's CV mIoU against its test mIoU")
     args = ap.parse_args()
@@ -211,7 +226,7 @@ def main() -> None:
         raise SystemExit("--methods must include reference (every ratio is to it)")
     if args.seeds > 1:
         return _over_seeds(args, methods)
-    sets = build_sets(args.data)
+    sets = build_sets(args.data, unseen=args.unseen)
     if args.sets:
         sets = {k: v for k, v in sets.items() if k in args.sets.split(",")}
     if args.ranking:
@@ -242,21 +257,24 @@ def main() -> None:
             row["per_image"][m] = [round(v, 3) for v in per]
         results[name] = row
         ratios = "  ".join(f"{m} {row[m]:.3f} ({row[m] / row['reference']:.2f})" for m in METHODS[1:])
-        split = "tuned" if row["tuned"] else "held out"
+        split = "unseen" if args.unseen else "tuned" if row["tuned"] else "held out"
         print(f"{name:<11}{split:<9} ref {row['reference']:.3f}  {ratios}", flush=True)
         print(f"{'':<20}per image: " + "; ".join(f"{m} {row['per_image'][m]}" for m in ("reference", "default",
+                                                                                          "default/percentile",
                                                                                           "default/none")), flush=True)
         if "auto_choice" in row:
             print(f"{'':<20}{row['auto_choice']}", flush=True)
-    print("\n| set | split | reference | default | default, no stretch | weka | auto | auto's choice (CV mIoU) |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("\n| set | split | reference | default | default, plain stretch | default, no stretch | weka | auto | "
+          "auto's choice (CV mIoU) |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     for name, r in results.items():
         cells = " | ".join(f"{r[m]:.3f} ({r[m] / r['reference']:.2f})" for m in METHODS[1:])
         note = r.get("auto_choice", "")
         choice = note.replace("auto chose ", "").split(": CV")[0]
         if "CV mIoU " in note:  # a per-image set has one choice per image, and no single score
             choice += f" ({note.split('CV mIoU ')[-1].split(' ')[0]})"
-        print(f"| {name}{'' if r['tuned'] else ' (held out)'} | {r['note']} | {r['reference']:.3f} | {cells} | "
+        split = " (unseen images)" if args.unseen else "" if r["tuned"] else " (held out)"
+        print(f"| {name}{split} | {r['note']} | {r['reference']:.3f} | {cells} | "
               f"{choice} |")
     for m in METHODS:
         print(f"mean {m}: {np.mean([r[m] for r in results.values()]):.3f}")
@@ -268,7 +286,7 @@ def _over_seeds(args: argparse.Namespace, methods: tuple[str, ...]) -> None:
     """Every set and method at seeds 0..N-1; the summary table of means, spreads and wins."""
     scores: dict[str, dict[str, list[float]]] = {}
     for seed in range(args.seeds):
-        sets = build_sets(args.data, seed)
+        sets = build_sets(args.data, seed, args.unseen)
         for name, s in sets.items():
             if args.sets and name not in args.sets.split(","):
                 continue
@@ -287,7 +305,7 @@ def _over_seeds(args: argparse.Namespace, methods: tuple[str, ...]) -> None:
             v = np.asarray(row[m])
             cells.append(f"{v.mean():.3f} ± {v.std():.3f} ({v.mean() / ref.mean():.3f}; >= ref on "
                          f"{int((v >= ref).sum())}/{len(v)})")
-        split = "tuning" if name in TUNED else "held out"
+        split = "unseen images" if args.unseen else "tuning" if name in TUNED else "held out"
         print(f"| {name} ({split}) | {ref.mean():.3f} ± {ref.std():.3f} | " + " | ".join(cells) + " |")
     for m in methods:
         print(f"mean {m}: {np.mean([np.mean(r[m]) for r in scores.values()]):.3f}")

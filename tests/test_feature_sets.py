@@ -85,6 +85,59 @@ def test_auto_normalisation_stretches_grey_but_keeps_colour(rng):
         FeatureConfig(normalise="zscore")
 
 
+def test_robust_stretch_moves_only_an_outlier_tail_to_the_fence(rng):
+    """'robust' (what 'auto' does to grey images): a 2 % dark defect no longer sets the low end of
+    the stretch (the plain 0.5th percentile lies in it); without a tail it equals the plain
+    stretch; a dark phase of 10 % is never treated as an outlier past the 5th percentile."""
+    import hrdv2.features.sets as sets_mod
+
+    bulk = np.clip(rng.normal(180, 8, (200, 200)), 0, 255).astype(np.uint8)
+    defect = bulk.copy()
+    defect[:28, :28] = 40  # 1.96 % of the pixels
+
+    def explicit(img, robust):
+        q1, q3 = np.percentile(img, (25, 75))
+        p = np.percentile(img, (0.5, 5, 95, 99.5))
+        if not robust:
+            return p[0], p[3]
+        return np.clip(q1 - 1.5 * (q3 - q1), p[0], p[1]), np.clip(q3 + 1.5 * (q3 - q1), p[2], p[3])
+
+    for img in (bulk, defect):
+        for mode, robust in (("robust", True), ("percentile", False)):
+            lo, hi = explicit(img, robust)
+            want = np.clip((img.astype(np.float32) - np.float32(lo)) / np.float32(hi - lo), 0, 1)
+            np.testing.assert_allclose(normalise_image(img, mode), want, atol=1e-6)
+    np.testing.assert_array_equal(normalise_image(defect), normalise_image(defect, "robust"))  # auto on grey
+    np.testing.assert_array_equal(normalise_image(bulk, "robust"), normalise_image(bulk, "percentile"))
+    lo_plain, lo_robust = explicit(defect, False)[0], explicit(defect, True)[0]
+    assert lo_plain == 40 and lo_robust > 150  # the fence, inside the bulk's tail
+    # the bulk's contrast: squeezed by the defect in the plain stretch, not in the robust one
+    core = (slice(100, 200), slice(100, 200))
+    assert normalise_image(defect, "percentile")[core].std() < 0.6 * normalise_image(defect)[core].std()
+    np.testing.assert_allclose(normalise_image(defect)[core], normalise_image(bulk)[core], atol=0.05)
+
+    phase = bulk.copy()
+    phase[:, :20] = np.clip(rng.normal(40, 8, (200, 20)), 0, 255).astype(np.uint8)  # 10 %: a phase, not a defect
+    lo, hi = sets_mod.stretch_limits(np.percentile(phase.reshape(-1, 1).astype(np.float32), sets_mod.PERCENTILES,
+                                                   axis=0), robust=True)
+    assert lo[0] == np.percentile(phase, 5) < 60  # stopped at the 5th percentile, inside the dark phase
+    assert (normalise_image(phase)[:, :20] > 0).mean() > 0.4  # half the phase keeps its grey levels
+    rgb = np.stack([defect, defect // 2, defect // 4], -1)  # colour: 'auto' stays uint8 / 255
+    np.testing.assert_allclose(normalise_image(rgb), rgb / 255, atol=1e-6)
+
+
+def test_auto_normalisation_keys_carry_its_version():
+    """Features cached when 'auto' stretched grey images differently are not reused."""
+    import hrdv2.features.sets as sets_mod
+
+    auto, plain = FeatureConfig().key(), FeatureConfig(normalise="percentile").key()
+    sets_mod.NORMALISE_VERSION -= 1
+    try:
+        assert FeatureConfig().key() != auto and FeatureConfig(normalise="percentile").key() == plain
+    finally:
+        sets_mod.NORMALISE_VERSION += 1
+
+
 def test_lab_normalisation_gives_cie_lab_scaled_to_unit_range(rng):
     """``lab``: sRGB to CIE Lab (D65), L / 100 and (a, b + 128) / 255. Known answers: white is
     L 100 with a = b = 0; black L 0; sRGB red is L 53.24, a 80.09, b 67.20 (the standard values);

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import scipy.ndimage as ndi
@@ -86,6 +88,34 @@ def test_model_from_older_classical_features_warns(trained, tmp_path, monkeypatc
     with pytest.warns(UserWarning, match=r"old\.skops.*classical features version .*re-train"):
         back = Segmenter.load(old)
     assert back.predict(img).shape == img.shape
+
+
+def test_model_from_before_the_robust_stretch_featurises_as_trained(tmp_path):
+    """A grey model saved when normalise 'auto' meant the plain percentile stretch (no
+    normalise_version in its file) loads as 'percentile' and predicts exactly as trained; a model
+    saved now keeps 'auto' (the robust stretch), and a colour model's 'auto' is left alone."""
+    from hrdv2.segmentation.model_file import write_model
+
+    img, gt = two_textures()
+    img[:14, :14] = 0  # a dark defect beyond the lower fence: the two stretches differ on this image
+    plain = Segmenter(CFG.replace(normalise="percentile")).fit([img], [strokes(gt)])
+    state = plain._state()
+    del state["normalise_version"]
+    state["features"]["normalise"] = "auto"
+    old = Segmenter.load(write_model(tmp_path / "old.skops", state))
+    assert old.features.normalise == "percentile"
+    np.testing.assert_array_equal(old.predict_proba(img), plain.predict_proba(img))
+    with_auto = copy.copy(plain)  # the same trees, featurising with 'auto' now
+    with_auto.features = plain.features.replace(normalise="auto")
+    assert np.abs(with_auto.predict_proba(img) - plain.predict_proba(img)).max() > 0.05
+    new = Segmenter.load(with_auto.save(tmp_path / "new.skops"))
+    assert new.features.normalise == "auto"
+    np.testing.assert_array_equal(new.predict_proba(img), with_auto.predict_proba(img))
+    rgb = np.stack([img, img[::-1], img[:, ::-1]], -1)
+    colour = Segmenter(CFG).fit([rgb], [strokes(gt)])
+    state = colour._state()
+    del state["normalise_version"]
+    assert Segmenter.load(write_model(tmp_path / "colour.skops", state)).features.normalise == "auto"
 
 
 def test_precomputed_features_match(trained):

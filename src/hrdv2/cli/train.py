@@ -37,10 +37,11 @@ def _floats(text: str) -> tuple[float, ...]:
 @click.option("--sigmas", default="1,2,4,8,16", show_default=True, help="Classical filter scales (px).")
 @click.option("--filters", default="default", show_default=True,
               help="Classical filters: 'default', 'weka', 'all', or comma-separated names (see docs/segmentation.md).")
-@click.option("--normalise", type=click.Choice(["auto", "percentile", "none", "lab"]), default="auto",
+@click.option("--normalise", type=click.Choice(["auto", "robust", "percentile", "none", "lab"]), default="auto",
               show_default=True,
-              help="Intensity rescaling before featurising (auto: percentile stretch for grey, none for colour, "
-                   "CIE Lab for colour with --features auto; lab: colour as CIE Lab, classical features only).")
+              help="Intensity rescaling before featurising (auto: robust percentile stretch for grey, none for "
+                   "colour, CIE Lab for colour with --features auto; percentile: the plain 0.5-99.5 percentile "
+                   "stretch; lab: colour as CIE Lab, classical features only).")
 @click.option("--backbone", default="dinov2_vits14", show_default=True)
 @click.option("--weights", default=None, help="Backbone weights file (.pth), or 'random' (untrained, testing only).")
 @click.option("--stride", type=int, default=None, help="ViT patch stride (default: patch size).")

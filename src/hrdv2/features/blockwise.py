@@ -28,7 +28,7 @@ from hrdv2.errors import ConfigError, ShapeError
 from hrdv2.features.classical import (
     DEFAULT_FILTERS, DEFAULT_SIGMAS, classical_alignment, classical_features, classical_halo, feature_names,
 )
-from hrdv2.features.sets import NORMALISE, PERCENTILES, check_lab_channels, rgb_to_lab01
+from hrdv2.features.sets import NORMALISE, PERCENTILES, check_lab_channels, rgb_to_lab01, stretch_limits
 
 SUBSAMPLE = 262144  # normalise_image's percentile subsample: every (N // SUBSAMPLE)-th pixel
 _SCAN_BLOCK = 1024  # block side of the statistics pass (memory only; results do not depend on it)
@@ -39,7 +39,8 @@ _BAND_PIXELS = 1 << 22  # pixels per band of whole rows read by image_percentile
 class Normalisation:
     """Whole-image statistics that map any block to [0, 1] as ``normalise_image`` maps the image.
 
-    ``mode``: ``percentile`` (per-channel ``lo``/``hi``, float64 as numpy returns them),
+    ``mode``: ``percentile`` (per-channel ``lo``/``hi``, float64 as numpy returns them; the
+    ``robust`` stretch too, with its own ``lo``/``hi``),
     ``uint8`` (divide by 255) or ``minmax`` (one global ``lo``/``hi``, as ``to_float01``);
     ``lab``: after that, convert RGB to CIE Lab (normalise 'lab')."""
 
@@ -84,9 +85,9 @@ def image_normalisation(array: LazyArray | np.ndarray, mode: str = "auto") -> No
         raise ConfigError(f"normalise must be one of {list(NORMALISE)}, got {mode!r}.")
     array = as_lazy(array)
     if mode == "auto":
-        mode = "percentile" if not array.has_channels or array.channels == 1 else "none"
-    if mode == "percentile":
-        lo, hi = image_percentiles(array)
+        mode = "robust" if not array.has_channels or array.channels == 1 else "none"
+    if mode in ("percentile", "robust"):  # both map [lo, hi] to [0, 1]; they differ only in where lo, hi lie
+        lo, hi = stretch_limits(image_percentiles(array), robust=mode == "robust")
         return Normalisation("percentile", lo, hi)
     lab = mode == "lab"
     if lab:

@@ -73,7 +73,7 @@ def image_pages(layer: Any) -> ImagePages:
         raise ShapeError(f"image layer '{name}' is {spatial[-1]}x{spatial[-2]} px; hrdv2 needs at least 4 px per side.")
     if dtype.itemsize > 1 and dtype.kind in "ui":
         notes.append(f"image layer '{name}' is {dtype.itemsize * 8}-bit: intensities are rescaled to [0, 1] "
-                     "(percentile stretch for grey, min-max for colour) before featurising.")
+                     "(robust percentile stretch for grey, min-max for colour) before featurising.")
     return ImagePages(name=name, data=data, rgb=rgb, shape=spatial, notes=notes)
 
 

@@ -48,13 +48,15 @@ _NUMERIC_KINDS = "biuf"
 _KEY_TYPES = ("builtins.str", "builtins.int", "builtins.float", "builtins.bool")
 _FIX = "only files made by `hrdv2 train`, Segmenter.save or the web app load; re-train from your scribbles"
 _STATE_FIELDS: dict[str, tuple[type, ...]] = {
-    "format": (str,), "format_version": (int,), "classical_version": (int,), "features": (dict,),
+    "format": (str,), "format_version": (int,), "classical_version": (int,), "normalise_version": (int,),
+    "features": (dict,),
     "classifier": (str,), "crf": (bool,), "crf_params": (dict,), "max_samples": (int,),
     "class_names": (list,), "random_state": (int, type(None)), "classifier_params": (dict,),
     "classes": (np.ndarray,), "n_channels": (int,), "n_features_in": (int,), "n_classical": (int,),
     "n_train_pixels": (int,), "model": (object,), "pca": (object,),
 }
-_OPTIONAL_FIELDS = ("classical_version",)  # absent in the first files of format 1
+# absent in older files of format 1: classical_version in the first ones, normalise_version before 2026-12-03
+_OPTIONAL_FIELDS = ("classical_version", "normalise_version")
 
 
 # --------------------------------------------------------------------------- the allow-list

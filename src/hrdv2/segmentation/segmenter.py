@@ -18,7 +18,7 @@ import numpy as np
 
 from hrdv2.errors import ConfigError, HRDv2Error, ModelFileError, ShapeError
 from hrdv2.features.classical import CLASSICAL_VERSION
-from hrdv2.features.sets import FeatureConfig, n_classical, n_image_channels
+from hrdv2.features.sets import NORMALISE_VERSION, FeatureConfig, n_classical, n_image_channels
 from hrdv2.segmentation.sampling import balanced_sample
 
 CLASSIFIERS = ("logistic", "random_forest", "gradient_boosting")
@@ -339,6 +339,7 @@ class Segmenter:
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
             "classical_version": CLASSICAL_VERSION,
+            "normalise_version": NORMALISE_VERSION,
             "features": self.features.to_dict(),
             "classifier": self.classifier,
             "crf": self.crf,
@@ -395,6 +396,9 @@ class Segmenter:
         seg.n_train_pixels_ = int(state["n_train_pixels"])
         seg.model_ = state["model"]
         seg.pca_ = state["pca"]
+        if int(state.get("normalise_version", 1)) < 2 and seg.features.normalise == "auto" and seg.n_channels_ == 1:
+            # trained when 'auto' meant the plain percentile stretch on grey images: featurise as it was trained
+            seg.features = seg.features.replace(normalise="percentile")
         trained_with = int(state.get("classical_version", 1))
         if seg.features.uses_classical and trained_with != CLASSICAL_VERSION:
             warnings.warn(
