@@ -232,19 +232,32 @@ def folded_linear(pipe: Any) -> tuple[np.ndarray, np.ndarray]:
     return coef.astype(np.float32), bias.astype(np.float32)
 
 
-def blend_parts(model: Any) -> tuple[Any, Any, float] | None:
-    """(forest, linear, linear share) of ``auto``'s soft-voting blend, else None."""
-    from sklearn.ensemble import VotingClassifier
+def is_linear_pipeline(model: Any) -> bool:
+    """Exactly a StandardScaler + LogisticRegression pipeline (``make_classifier("logistic")``)."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
 
-    if type(model) is not VotingClassifier or model.voting != "soft" or len(getattr(model, "estimators_", [])) != 2:
+    steps = getattr(model, "steps", None) if type(model) is Pipeline else None
+    return isinstance(steps, list) and [type(s[1]) if isinstance(s, tuple) and len(s) == 2 else None
+                                        for s in steps] == [StandardScaler, LogisticRegression]
+
+
+def blend_parts(model: Any) -> tuple[Any, Any, float] | None:
+    """(forest, linear, linear share) of ``auto``'s blend (:func:`hrdv2.features.auto.blend`), else
+    None. The one recogniser of its shape, which the model-file checks allow and the compiled apply
+    runs: a soft-voting VotingClassifier of exactly one RandomForestClassifier and one
+    :func:`is_linear_pipeline`, with two finite non-negative float weights."""
+    from sklearn.ensemble import RandomForestClassifier, VotingClassifier
+
+    if type(model) is not VotingClassifier or model.voting != "soft":
         return None
-    steps = getattr(model.estimators_[1], "steps", None)
-    scaler, lr = (steps[0][1], steps[-1][1]) if isinstance(steps, list) and len(steps) == 2 else (None, None)
-    if not (hasattr(scaler, "mean_") and hasattr(scaler, "scale_") and hasattr(lr, "coef_")
-            and getattr(lr, "multi_class", None) != "ovr"):
-        return None  # not auto's (scaler + multinomial logistic regression): sklearn's predict_proba runs it
-    w = np.asarray(model.weights if model.weights is not None else [1.0, 1.0], dtype=np.float64)
-    return model.estimators_[0], model.estimators_[1], float(w[1] / w.sum())
+    members, weights = getattr(model, "estimators_", None), model.weights
+    if not (isinstance(members, list) and len(members) == 2 and type(members[0]) is RandomForestClassifier
+            and is_linear_pipeline(members[1]) and isinstance(weights, list) and len(weights) == 2
+            and all(isinstance(w, float) and np.isfinite(w) and w >= 0 for w in weights) and sum(weights) > 0):
+        return None
+    return members[0], members[1], weights[1] / sum(weights)
 
 
 def fast_forest(owner: Any, model: Any, rows: int | None = None) -> FastForest | FastBlend | None:

@@ -305,34 +305,19 @@ def _model_kind(model: Any) -> str | None:
     """The classifier name a model is, or None. ``auto``'s blend (a soft-voting classifier of one
     random forest and one logistic-regression pipeline, :func:`hrdv2.features.auto.blend`) counts
     as ``random_forest``, the family its ensembles are saved as and that the app retrains with."""
-    from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier, VotingClassifier
+    from sklearn.ensemble import HistGradientBoostingClassifier, RandomForestClassifier
+
+    from hrdv2.segmentation.forest import blend_parts, is_linear_pipeline
 
     if type(model) is RandomForestClassifier:
         return "random_forest"
     if type(model) is HistGradientBoostingClassifier:
         return "gradient_boosting"
-    if _is_linear(model):
+    if is_linear_pipeline(model):
         return "logistic"
-    if type(model) is VotingClassifier:
-        members = getattr(model, "estimators_", None)
-        weights = model.weights
-        if model.voting == "soft" and isinstance(members, list) and len(members) == 2 \
-                and type(members[0]) is RandomForestClassifier and _is_linear(members[1]) \
-                and isinstance(weights, list) and len(weights) == 2 \
-                and all(isinstance(w, float) and np.isfinite(w) and w >= 0 for w in weights) and sum(weights) > 0:
-            return "random_forest"
+    if blend_parts(model) is not None:
+        return "random_forest"
     return None
-
-
-def _is_linear(model: Any) -> bool:
-    """A StandardScaler + LogisticRegression pipeline (``make_classifier("logistic")``)."""
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import Pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    steps = getattr(model, "steps", None) if type(model) is Pipeline else None
-    return isinstance(steps, list) and [type(s[1]) if isinstance(s, tuple) and len(s) == 2 else None
-                                        for s in steps] == [StandardScaler, LogisticRegression]
 
 
 def _links_ok(left: np.ndarray, right: np.ndarray, feature: np.ndarray, inner: np.ndarray, width: int) -> bool:
@@ -347,14 +332,14 @@ def _links_ok(left: np.ndarray, right: np.ndarray, feature: np.ndarray, inner: n
 def _check_trees(model: Any, width: int, path: Path | str) -> None:
     """scikit-learn indexes tree node arrays without bounds checks, so a crafted tree could read
     out of memory or loop forever: check every link. hrdv2 never trains categorical splits."""
-    from sklearn.ensemble import VotingClassifier
     from sklearn.tree import DecisionTreeClassifier
     from sklearn.tree._tree import Tree
 
-    if type(model) is VotingClassifier:  # auto's blend: its forest's trees (the linear part has no links)
-        for member in model.estimators_:
-            if not _is_linear(member):
-                _check_trees(member, width, path)
+    from hrdv2.segmentation.forest import blend_parts
+
+    parts = blend_parts(model)
+    if parts is not None:  # auto's blend: its forest's trees (the linear part has no links)
+        _check_trees(parts[0], width, path)
         return
     for est in getattr(model, "estimators_", []):
         tree = getattr(est, "tree_", None)
