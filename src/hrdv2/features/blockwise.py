@@ -28,7 +28,9 @@ from hrdv2.errors import ConfigError, ShapeError
 from hrdv2.features.classical import (
     DEFAULT_FILTERS, DEFAULT_SIGMAS, classical_alignment, classical_features, classical_halo, feature_names,
 )
-from hrdv2.features.sets import NORMALISE, PERCENTILES, check_lab_channels, rgb_to_lab01, stretch_limits
+from hrdv2.features.sets import (
+    NORMALISE, PERCENTILES, auto_normalise, check_lab_channels, rgb_to_lab01, stretch_limits,
+)
 
 SUBSAMPLE = 262144  # normalise_image's percentile subsample: every (N // SUBSAMPLE)-th pixel
 _SCAN_BLOCK = 1024  # block side of the statistics pass (memory only; results do not depend on it)
@@ -85,7 +87,7 @@ def image_normalisation(array: LazyArray | np.ndarray, mode: str = "auto") -> No
         raise ConfigError(f"normalise must be one of {list(NORMALISE)}, got {mode!r}.")
     array = as_lazy(array)
     if mode == "auto":
-        mode = "robust" if not array.has_channels or array.channels == 1 else "none"
+        mode = auto_normalise(array.channels if array.has_channels else 1)
     if mode in ("percentile", "robust"):  # both map [lo, hi] to [0, 1]; they differ only in where lo, hi lie
         lo, hi = stretch_limits(image_percentiles(array), robust=mode == "robust")
         return Normalisation("percentile", lo, hi)

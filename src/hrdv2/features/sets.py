@@ -217,7 +217,7 @@ def normalise_image(image: np.ndarray, mode: str = "auto") -> np.ndarray:
     from hrdv2.io import to_float01
 
     if mode == "auto":
-        mode = "robust" if image.ndim == 2 or image.shape[-1] == 1 else "none"
+        mode = auto_normalise(n_image_channels(image))
     if mode == "lab":
         check_lab_channels(1 if image.ndim == 2 else image.shape[-1])
         return rgb_to_lab01(to_float01(image))
@@ -233,17 +233,23 @@ def normalise_image(image: np.ndarray, mode: str = "auto") -> np.ndarray:
     return out[..., 0] if x.ndim == 2 else out
 
 
+def auto_normalise(channels: int) -> str:
+    """What normalise 'auto' means for an image of ``channels`` channels: ``robust`` for grey,
+    ``none`` for colour (the one place that says so, for whole images and block-wise alike)."""
+    return "robust" if channels == 1 else "none"
+
+
 def stretch_limits(q: np.ndarray, robust: bool) -> tuple[np.ndarray, np.ndarray]:
     """(lo, hi) per channel of the stretch from an image's ``PERCENTILES`` ((6, C), as
     ``np.percentile`` returns them). Plain: the 0.5th and 99.5th percentiles. ``robust``: each end
     moved in to Tukey's fence (the quartile -/+ ``FENCE`` x IQR) where it lies beyond it, but never
     past the 5th / 95th percentile, so at most 5 % of the pixels on each side are clipped (the plain
     stretch clips 0.5 %; on a flat background with a few bright objects the brightest 5 % saturate,
-    so use 'percentile' where they hold a distinction you need). Why: one NASA superalloy micrograph with a 2 %
-    dark defect had its 0.5th percentile at grey level 103 where its matrix starts at 160; the plain
-    stretch squeezed its phases together and the default model scored 0.26 on it (0.52 on its twin);
-    measured over five seeds, the robust stretch gains on superalloy and tcell and equals the plain
-    one elsewhere (docs/segmentation.md, "Intensity normalisation")."""
+    so use 'percentile' where they hold a distinction you need). Why: one NASA superalloy
+    micrograph with a 2 % dark defect had its 0.5th percentile at grey level 103 where its matrix
+    starts at 160; the plain stretch squeezed its phases together and the default model scored
+    0.26 on it (0.52 on its twin); measured over five seeds, the robust stretch gains on superalloy
+    and tcell and equals the plain one elsewhere (docs/segmentation.md, "Intensity normalisation")."""
     p_lo, p5, q1, q3, p95, p_hi = np.asarray(q, dtype=np.float64)
     if not robust:
         return p_lo, p_hi

@@ -133,7 +133,7 @@ def allowed_types() -> frozenset[tuple[str, str]]:
     Found by saving each classifier :func:`make_classifier` builds (2 and 3 classes, with the
     PCA of deep features) and ``auto``'s blend, and reading back the archive's node types; plus
     numpy scalars of numeric dtypes and builtin dict-key types, which depend on the data, not on
-    the estimator. Cached: computing it fits six tiny estimators and two blends (~0.5 s).
+    the estimator. Cached: computing it fits six tiny estimators and blends two pairs (~0.5 s).
     """
     import skops.io as sio
     from threadpoolctl import threadpool_limits
